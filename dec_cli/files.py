@@ -13,6 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+# Read once at import (single-threaded): os.umask can only be read by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
@@ -30,6 +34,8 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
