@@ -1,0 +1,390 @@
+"""Image folders: scanning, robust decoding, timm preprocessing and class-to-output mapping.
+
+An ImageFolder tree has one subfolder per class; the class of a file is the
+first component of its path relative to the root. A tree written by
+``dec warp --zoom`` (or ``dec digits``) carries ``manifest.jsonl``; its zoom
+factor and source image are attached to every sample so that accuracy can be
+reported per zoom factor and grouped by source image. Decoding never stops a
+run: unreadable files are collected with a reason and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from dec_cli.errors import UsageError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+MANIFEST_NAME = "manifest.jsonl"
+MASKS_DIR = "masks"
+_WNID = re.compile(r"^n\d{8}$")
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image file: where it is, its class, and (in zoom sweeps) its zoom and source image."""
+
+    path: Path
+    rel: str  # posix path relative to the root, also the key of its random warps
+    label: int  # index into ImageFolderData.classes
+    zoom: Optional[float] = None
+    source: Optional[str] = None  # the source image a zoom-sweep output was made from
+
+
+@dataclass
+class ImageFolderData:
+    """The result of scanning an ImageFolder tree."""
+
+    root: Path
+    classes: list[str]
+    samples: list[Sample]
+    zoom_sweep: bool = False
+    ignored: list[str] = field(default_factory=list)  # files skipped by extension
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def limit(self, n: Optional[int]) -> "ImageFolderData":
+        """The first ``n`` samples (in sorted path order); ``None`` keeps all."""
+        if n is None:
+            return self
+        return ImageFolderData(self.root, self.classes, self.samples[:n], self.zoom_sweep, self.ignored)
+
+    def zooms(self) -> list[float]:
+        """The distinct zoom factors, sorted (empty unless a zoom sweep)."""
+        return sorted({s.zoom for s in self.samples if s.zoom is not None})
+
+
+def scan_image_folder(root: str | Path) -> ImageFolderData:
+    """Scan ``root/CLASS/.../file.ext`` in sorted order; bad trees raise ``UsageError``."""
+    root = Path(root)
+    if not root.exists():
+        raise UsageError(f"data directory {root} does not exist", "pass --data DIR with one subfolder per class")
+    if not root.is_dir():
+        raise UsageError(f"data path {root} is not a directory", "pass --data DIR with one subfolder per class")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    manifest = root / MANIFEST_NAME
+    if manifest.is_file() and (root / MASKS_DIR).is_dir():
+        # `dec warp --masks` puts warped masks in DST/masks/: not a class of the tree.
+        rows = read_manifest(manifest)
+        if not any(str(r["dst"]).startswith(MASKS_DIR + "/") for r in rows):
+            class_dirs = [p for p in class_dirs if p.name != MASKS_DIR]
+    if not class_dirs:
+        has_files = any(p.is_file() and not p.name.startswith(".") for p in root.iterdir())
+        what = "has no class folders" if has_files else "is empty"
+        raise UsageError(f"data directory {root} {what}", "put images in one subfolder per class (ImageFolder layout)")
+    classes = [p.name for p in class_dirs]
+    samples: list[Sample] = []
+    ignored: list[str] = []
+    for label, class_dir in enumerate(class_dirs):
+        for path in sorted(class_dir.rglob("*")):
+            if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
+                continue
+            rel = path.relative_to(root).as_posix()
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                samples.append(Sample(path, rel, label))
+            else:
+                ignored.append(rel)
+    if not samples:
+        raise UsageError(f"data directory {root} has class folders but no images",
+                         f"supported extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}")
+    data = ImageFolderData(root, classes, samples, ignored=ignored)
+    if manifest.is_file():
+        _attach_manifest(data, manifest)
+    return data
+
+
+def read_manifest(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``manifest.jsonl`` (blank lines skipped); a broken line raises ``UsageError``."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{path}:{number}: not valid JSON ({exc.msg})",
+                                 "regenerate the tree with 'dec warp --zoom'") from None
+            if not isinstance(row, dict) or "dst" not in row:
+                raise UsageError(f"{path}:{number}: a manifest row needs a 'dst' key",
+                                 "regenerate the tree with 'dec warp --zoom'")
+            rows.append(row)
+    return rows
+
+
+def _attach_manifest(data: ImageFolderData, manifest: Path) -> None:
+    """Attach zoom factor and source image from the manifest to the samples it names."""
+    rows = {str(r["dst"]): r for r in read_manifest(manifest)}
+    zoom_seen = False
+    samples = []
+    for s in data.samples:
+        row = rows.get(s.rel)
+        if row is not None and row.get("kind") == "zoom" and row.get("zoom") is not None:
+            zoom_seen = True
+            source = str(row.get("src") or _strip_zoom_suffix(s.rel))
+            samples.append(Sample(s.path, s.rel, s.label, float(row["zoom"]), source))
+        else:
+            samples.append(s)
+    data.samples = samples
+    data.zoom_sweep = zoom_seen
+
+
+def _strip_zoom_suffix(rel: str) -> str:
+    """``cls/cat.z1.2.png`` -> ``cls/cat.png`` (fallback grouping when ``src`` is missing)."""
+    return re.sub(r"\.z[0-9.eE+-]+(\.[^./]+)$", r"\1", rel)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode any image file to 8-bit RGB: EXIF orientation applied, first frame, alpha on white.
+
+    Raises ``OSError``/``ValueError`` (with a short reason) for files Pillow cannot read.
+    """
+    try:
+        with Image.open(path) as img:
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            return to_rgb(img)
+    except UnidentifiedImageError:
+        raise OSError("not an image Pillow can identify") from None
+    except Image.DecompressionBombError as exc:
+        raise OSError(f"image too large ({exc})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB, rescaling 16-bit and float data instead of clipping it."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        if mode == "F":
+            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        else:
+            top = 65535.0 if (mode.startswith("I;16") or arr.max() > 255) else 255.0
+            arr = arr / top * 255.0
+        gray = Image.fromarray(np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8), "L")
+        return gray.convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def short_reason(exc: BaseException) -> str:
+    """A one-line reason for an unreadable file."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+# --------------------------------------------------------------------------- torch dataset
+
+
+class ImageDataset(Dataset):
+    """A ``torch.utils.data.Dataset`` over scanned samples that never raises on a bad file.
+
+    Items are ``(image or None, label, index, error or None)``; pair it with
+    :func:`collate_skip`, which drops unreadable items and reports them.
+    ``label_map`` turns folder class indices into model output indices.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: Optional[Callable] = None,
+                 label_map: Optional[Sequence[int]] = None):
+        self.samples = list(samples)
+        self.transform = transform
+        self.label_map = list(label_map) if label_map is not None else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        label = self.label_map[sample.label] if self.label_map is not None else sample.label
+        try:
+            img = load_image(sample.path)
+            out = self.transform(img) if self.transform is not None else img
+        except Exception as exc:  # any decoder failure is data, not a crash
+            return None, label, index, short_reason(exc)
+        return out, label, index, None
+
+
+@dataclass
+class Batch:
+    """A collated batch: images (B, C, H, W) or None if all failed, labels, dataset indices, errors."""
+
+    images: Any
+    labels: Any
+    indices: Any
+    errors: list[tuple[int, str]]
+
+
+def collate_skip(items: Iterable[tuple]) -> Batch:
+    """Stack the readable items of a batch; unreadable ones come back as ``(index, reason)``."""
+    good = [it for it in items if it[3] is None]
+    errors = [(int(it[2]), str(it[3])) for it in items if it[3] is not None]
+    if not good:
+        empty = torch.zeros(0, dtype=torch.long)
+        return Batch(None, empty, empty, errors)
+    images = torch.stack([it[0] for it in good])
+    labels = torch.tensor([int(it[1]) for it in good], dtype=torch.long)
+    indices = torch.tensor([int(it[2]) for it in good], dtype=torch.long)
+    return Batch(images, labels, indices, errors)
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def data_config(model: Any, img_size: Optional[int] = None) -> dict[str, Any]:
+    """timm's evaluation data config for ``model``; ``img_size`` overrides the input size."""
+    from timm.data import resolve_data_config
+
+    cfg = dict(resolve_data_config(model=model))
+    chans = input_channels(model)
+    if chans == 1 and cfg["input_size"][0] != 1:
+        # timm's config says RGB even for in_chans=1 models: feed gray, with averaged statistics.
+        cfg["input_size"] = (1, *cfg["input_size"][1:])
+        cfg["mean"] = (float(sum(cfg["mean"])) / len(cfg["mean"]),)
+        cfg["std"] = (float(sum(cfg["std"])) / len(cfg["std"]),)
+    if img_size is not None:
+        if img_size < 8:
+            raise UsageError(f"--img-size must be at least 8; got {img_size}")
+        cfg["input_size"] = (cfg["input_size"][0], int(img_size), int(img_size))
+    return cfg
+
+
+def input_channels(model: Any) -> int:
+    """Channels the model's first convolution expects (3 when there is none)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            return int(module.in_channels)
+    return 3
+
+
+def eval_transform(model: Any, img_size: Optional[int] = None) -> Callable:
+    """Resize, centre-crop, to-tensor and normalize as timm would evaluate ``model``.
+
+    Images arrive as RGB (see :func:`load_image`); a one-channel model gets them as gray.
+    """
+    from timm.data import create_transform
+
+    cfg = data_config(model, img_size)
+    transform = create_transform(**cfg, is_training=False)
+    if cfg["input_size"][0] == 1:
+        from torchvision import transforms
+
+        return transforms.Compose([transforms.Grayscale(1), transform])
+    return transform
+
+
+# --------------------------------------------------------------------------- classes -> model outputs
+
+
+def read_class_map(path: str | Path) -> list[str]:
+    """Class names in model output order from a file.
+
+    Formats: a JSON list of names; a JSON object ``{name: index}``; or text with
+    one name per line (line i is output i), optionally ``name index`` per line.
+    Blank lines and ``#`` comments are ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"class map {path} does not exist", "pass --class-map FILE (one class name per line)")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"class map {path} is not valid JSON ({exc.msg})") from None
+        if isinstance(obj, list) and all(isinstance(x, str) for x in obj):
+            return list(obj)
+        if isinstance(obj, dict) and all(isinstance(v, int) for v in obj.values()):
+            return _names_from_indices(path, obj.items())
+        raise UsageError(f"class map {path} must be a list of names or an object of name -> index")
+    pairs = []
+    plain = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            pairs.append((parts[0], int(parts[1])))
+        else:
+            plain.append(line)
+    if pairs and plain:
+        raise UsageError(f"class map {path} mixes 'name index' lines with plain names",
+                         "use one format: one name per line, or 'name index' per line")
+    if pairs:
+        return _names_from_indices(path, pairs)
+    if not plain:
+        raise UsageError(f"class map {path} is empty")
+    return plain
+
+
+def _names_from_indices(path: Path, items: Iterable[tuple[str, int]]) -> list[str]:
+    mapping = dict(items)
+    if not mapping:
+        raise UsageError(f"class map {path} is empty")
+    size = max(mapping.values()) + 1
+    if min(mapping.values()) < 0:
+        raise UsageError(f"class map {path} has a negative output index")
+    names = [""] * size
+    for name, idx in mapping.items():
+        names[idx] = name
+    return names
+
+
+def class_to_output(classes: Sequence[str], *, num_classes: int, class_names: Optional[Sequence[str]] = None,
+                    class_map: Optional[str | Path] = None, model_name: str = "model") -> tuple[list[int], str]:
+    """Map folder classes to model output indices; returns (mapping, how).
+
+    Order of preference: ``--class-map FILE``; the checkpoint's class names;
+    sorted WordNet ids for 1000-class ImageNet models when the folders are
+    WordNet ids; otherwise folder ``i`` (sorted) is output ``i``, which needs
+    the counts to match. Any mismatch raises ``UsageError`` (exit code 2).
+    """
+    names: Optional[list[str]] = None
+    how = ""
+    if class_map is not None:
+        names, how = read_class_map(class_map), "class-map"
+    elif class_names:
+        names, how = list(class_names), "checkpoint"
+    elif num_classes == 1000 and all(_WNID.match(c) for c in classes):
+        from timm.data import ImageNetInfo
+
+        names, how = list(ImageNetInfo().label_names()), "wordnet"
+    if names is not None:
+        if len(names) > num_classes:
+            raise UsageError(f"{how} names {len(names)} classes but {model_name} has {num_classes} outputs",
+                             "pass a --class-map FILE that matches the model")
+        index = {name: i for i, name in enumerate(names)}
+        missing = [c for c in classes if c not in index]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise UsageError(f"{len(missing)} class folder(s) unknown to {model_name}: {shown}",
+                             "rename the folders to the model's class names or pass --class-map FILE")
+        return [index[c] for c in classes], how
+    if len(classes) != num_classes:
+        raise UsageError(f"the data has {len(classes)} class folders but {model_name} has {num_classes} outputs",
+                         "pass --class-map FILE, or use a model fine-tuned on these classes")
+    return list(range(len(classes))), "sorted-folders"

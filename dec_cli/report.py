@@ -1,0 +1,266 @@
+"""Render a :class:`dec_cli.evaluate.Report`: Rich tables, JSON, Markdown and a PNG plot.
+
+JSON schema (``schema_version`` 1; keys are only ever added, never renamed):
+
+- ``schema_version`` (int), ``tool`` {``name``, ``version``, ``command``};
+- ``data``: ``root``, ``classes``, ``images`` (after ``--limit``), ``evaluated``,
+  ``unreadable`` (count), ``zoom_sweep`` (bool), ``zooms`` (sorted factors);
+- ``settings``: ``warps``, ``scale_range``, ``grid``, ``rows``, ``seed``,
+  ``img_size``, ``limit``, ``amp``;
+- ``models``: one object per MODEL, in command-line order: ``name``, ``source``,
+  ``model_name``, ``dec``, ``num_classes``, ``class_mapping``, ``input_size``,
+  ``metrics`` {``images``, ``top1``, ``top5``, ``pairs``, ``warped_top1``,
+  ``warped_top5``, ``inv_error``, ``sym_kl``, ``consistency``,
+  ``zoom_top1_min``, ``zoom_consistency_min``, ``residual_mean``,
+  ``residual_max``} (null when not computed; identical across runs for a
+  fixed seed), ``per_zoom`` [{``zoom``, ``images``, ``top1``, ``top5``,
+  ``consistency``, ``groups``}], ``per_strength`` [{``strength_lo``,
+  ``strength_hi``, ``pairs``, ``top1``, ``consistency``}], ``timing``
+  {``latency_ms``, ``images_per_s``, ``device``, ``world_size``, ``amp``,
+  ``compile``} (machine-dependent);
+- ``unreadable``: [{``path``, ``reason``}] skipped files;
+- ``fail_if``: [{``expr``, ``model``, ``metric``, ``value``, ``violated``}].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from dec_cli.files import atomic_path, write_text_atomic
+
+SUMMARY_COLUMNS = [
+    ("top1", "top-1"), ("top5", "top-5"), ("warped_top1", "warped top-1"), ("inv_error", "inv. error"),
+    ("sym_kl", "sym. KL"), ("consistency", "consistency"), ("zoom_top1_min", "min zoom top-1"),
+    ("zoom_consistency_min", "min zoom consist."), ("residual_mean", "DEC residual mean"),
+    ("residual_max", "DEC residual max"),
+]
+_PERCENT = {"top1", "top5", "warped_top1", "consistency", "zoom_top1_min", "zoom_consistency_min"}
+
+
+def fmt(key: str, value: Any) -> str:
+    """Human formatting: accuracies as percentages, divergences with 4 significant digits."""
+    if value is None:
+        return "-"
+    if key in _PERCENT:
+        return f"{100 * value:.1f}%"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _summary_rows(report) -> tuple[list[str], list[list[str]]]:
+    """One row per metric, one column per model (side by side)."""
+    header = ["metric"] + [m.name for m in report.models]
+    rows = [["DEC"] + ["yes" if m.dec else "no" for m in report.models],
+            ["images"] + [str(m.metrics["images"]) for m in report.models]]
+    for key, label in SUMMARY_COLUMNS:
+        if any(m.metrics.get(key) is not None for m in report.models):
+            rows.append([label] + [fmt(key, m.metrics.get(key)) for m in report.models])
+    rows.append(["ms/image"] + ["-" if m.timing.get("latency_ms") is None else f"{m.timing['latency_ms']:.2f}"
+                                for m in report.models])
+    return header, rows
+
+
+def _zoom_rows(report) -> tuple[list[str], list[list[str]]]:
+    zooms = report.data.get("zooms") or []
+    header = ["zoom"] + [f"{m.name} top-1 / consist." for m in report.models]
+    rows = []
+    for z in zooms:
+        row = [f"{z:g}"]
+        for m in report.models:
+            match = [r for r in m.per_zoom if r["zoom"] == z]
+            row.append(f"{fmt('top1', match[0]['top1'])} / {fmt('consistency', match[0]['consistency'])}"
+                       if match else "-")
+        rows.append(row)
+    return header, rows
+
+
+def _strength_rows(report) -> tuple[list[str], list[list[str]]]:
+    first = next((m.per_strength for m in report.models if m.per_strength), [])
+    header = ["warp strength"] + [f"{m.name} top-1 / consist." for m in report.models]
+    rows = []
+    for i, b in enumerate(first):
+        row = [f"{b['strength_lo']:.3f}-{b['strength_hi']:.3f} ({b['pairs']} pairs)"]
+        for m in report.models:
+            r = m.per_strength[i] if i < len(m.per_strength) else None
+            row.append(f"{fmt('top1', r['top1'])} / {fmt('consistency', r['consistency'])}" if r else "-")
+        rows.append(row)
+    return header, rows
+
+
+def render_tables(report, console: Console, *, max_unreadable: int = 10) -> None:
+    """Print the human report: summary, per-zoom or per-strength table, skipped files, rule results."""
+    d = report.data
+    s = report.settings
+    what = "zoom sweep" if d["zoom_sweep"] else "image folder"
+    console.print(f"[bold]{what}[/bold] {escape(str(d['root']))}: {d['evaluated']} images evaluated, {d['classes']} classes"
+                  + (f", {d['unreadable']} unreadable skipped" if d["unreadable"] else "")
+                  + (f"; {s['warps']} warps/image, scale range {s['scale_range'][0]:g}..{s['scale_range'][1]:g},"
+                     f" seed {s['seed']}" if s["warps"] else ""))
+    for title, (header, rows) in [("Summary", _summary_rows(report)),
+                                  ("Per zoom factor (consistency against zoom 1)" if d["zoom_sweep"]
+                                   else "Per warp strength", _zoom_rows(report) if d["zoom_sweep"]
+                                   else _strength_rows(report))]:
+        if not rows:
+            continue
+        table = Table(title=title, title_justify="left")
+        for i, col in enumerate(header):
+            table.add_column(escape(col), justify="left" if i == 0 else "right", no_wrap=i == 0)
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        console.print(table)
+    if report.unreadable:
+        console.print(f"[yellow]skipped {len(report.unreadable)} unreadable file(s):[/yellow]")
+        for bad in report.unreadable[:max_unreadable]:
+            console.print(f"  {bad['path']}: {bad['reason']}", markup=False)
+        if len(report.unreadable) > max_unreadable:
+            console.print(f"  ... and {len(report.unreadable) - max_unreadable} more (see --json)")
+    for rule in report.fail_if:
+        mark = "[red]FAIL[/red]" if rule["violated"] else "[green]ok[/green]"
+        console.print(f"{mark} {escape(rule['expr'])} ({escape(rule['model'])}: {rule['metric']} = {rule['value']:.4g})")
+
+
+def to_markdown(report) -> str:
+    """The report as GitHub-flavoured Markdown tables."""
+    d = report.data
+    s = report.settings
+    lines = ["# dec evaluate report", "",
+             f"Data: `{d['root']}` ({'zoom sweep' if d['zoom_sweep'] else 'image folder'}), "
+             f"{d['evaluated']} images evaluated, {d['classes']} classes, {d['unreadable']} unreadable skipped.",
+             f"Settings: {s['warps']} warps per image, scale range {s['scale_range'][0]:g}..{s['scale_range'][1]:g}, "
+             f"grid {s['grid']}, rows {s['rows']}, seed {s['seed']}.", ""]
+    sections = [("Summary", _summary_rows(report))]
+    sections.append(("Per zoom factor", _zoom_rows(report)) if d["zoom_sweep"]
+                    else ("Per warp strength", _strength_rows(report)))
+    for title, (header, rows) in sections:
+        if not rows:
+            continue
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |",
+                  "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+        lines.append("")
+    if report.unreadable:
+        lines += ["## Unreadable files", ""] + [f"- `{b['path']}`: {b['reason']}" for b in report.unreadable] + [""]
+    if report.fail_if:
+        lines += ["## Thresholds", ""] + [
+            f"- {'FAIL' if r['violated'] else 'ok'} `{r['expr']}` ({r['model']}: {r['metric']} = {r['value']:.4g})"
+            for r in report.fail_if] + [""]
+    return "\n".join(lines)
+
+
+def write_markdown(report, path: str | Path) -> None:
+    write_text_atomic(path, to_markdown(report))
+
+
+# --------------------------------------------------------------------------- PNG plot (Pillow only)
+
+_COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127)]
+
+
+def plot_series(report) -> tuple[str, list[float], list[tuple[str, list[Optional[float]], list[Optional[float]]]]]:
+    """(x label, x values, [(model, accuracy, consistency)]) for the plot: zoom factors or warp strength."""
+    if report.data["zoom_sweep"]:
+        xs = list(report.data["zooms"])
+        series = []
+        for m in report.models:
+            by = {r["zoom"]: r for r in m.per_zoom}
+            series.append((m.name, [by.get(z, {}).get("top1") for z in xs],
+                           [by.get(z, {}).get("consistency") for z in xs]))
+        return "zoom factor", xs, series
+    first = next((m.per_strength for m in report.models if m.per_strength), [])
+    xs = [(b["strength_lo"] * b["strength_hi"]) ** 0.5 for b in first]
+    series = [(m.name, [b["top1"] for b in m.per_strength], [b["consistency"] for b in m.per_strength])
+              for m in report.models]
+    return "warp strength (RMS local scale factor)", xs, series
+
+
+def write_plot(report, path: str | Path, *, size: tuple[int, int] = (1000, 440)) -> None:
+    """Two panels (accuracy, consistency) against zoom factor or warp strength, one line per model."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    xlabel, xs, series = plot_series(report)
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    width, height = size
+    panel_w = (width - 40) // 2
+    legend_h = 18 * len(series) + 10
+    for p, (title, pick) in enumerate([("top-1 accuracy", 1), ("consistency", 2)]):
+        left = 20 + p * (panel_w + 20) + 45
+        right = 20 + p * (panel_w + 20) + panel_w - 10
+        top, bottom = 30, height - 45 - legend_h
+        draw.text((left, 8), title, fill="black", font=font)
+        for tick in range(0, 11, 2):
+            y = bottom - (bottom - top) * tick / 10
+            draw.line([left - 4, y, left, y], fill="black")
+            draw.line([left + 1, y, right - 1, y], fill=(230, 230, 230))
+            draw.text((left - 40, y - 6), f"{tick / 10:.1f}", fill="black", font=font)
+        draw.rectangle([left, top, right, bottom], outline="black")
+        if xs:
+            x_lo, x_hi = min(xs), max(xs)
+            span = (x_hi - x_lo) or 1.0
+
+            def px(x: float) -> float:
+                return left + 10 + (right - left - 20) * ((x - x_lo) / span if x_hi > x_lo else 0.5)
+
+            for x in xs:
+                draw.line([px(x), bottom, px(x), bottom + 4], fill="black")
+                draw.text((px(x) - 12, bottom + 6), f"{x:.3g}", fill="black", font=font)
+            for i, s in enumerate(series):
+                color = _COLORS[i % len(_COLORS)]
+                pts = [(px(x), bottom - (bottom - top) * v) for x, v in zip(xs, s[pick]) if v is not None]
+                if len(pts) > 1:
+                    draw.line(pts, fill=color, width=2)
+                for x, y in pts:
+                    draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+        draw.text((left, bottom + 22), xlabel, fill="black", font=font)
+    for i, s in enumerate(series):
+        y = height - legend_h + 18 * i
+        color = _COLORS[i % len(_COLORS)]
+        draw.line([30, y + 6, 60, y + 6], fill=color, width=3)
+        draw.text((68, y), s[0], fill="black", font=font)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def check_writable(path: Optional[str], option: str) -> None:
+    """Fail early (exit 2) when an output could not be written, before minutes of evaluation."""
+    import os
+
+    from dec_cli.errors import UsageError
+
+    if path is None or path == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{option} {path} is a directory", f"give a file name, e.g. {option} report.json")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write {option} {path}: {parent} is not a writable folder",
+                         "choose a writable location")
+
+
+def write_outputs(report, *, markdown: Optional[str] = None, plot: Optional[str] = None) -> list[str]:
+    """Write the Markdown and PNG outputs that were asked for; returns the paths written."""
+    written = []
+    if markdown:
+        write_markdown(report, markdown)
+        written.append(markdown)
+    if plot:
+        write_plot(report, plot)
+        written.append(plot)
+    return written
+
+
+def failure_message(failed: Sequence[dict[str, Any]]) -> str:
+    """One line naming every violated ``--fail-if`` rule."""
+    parts = [f"{r['model']}: {r['metric']} = {r['value']:.4g} ({r['expr']})" for r in failed]
+    return f"{len(failed)} --fail-if rule(s) violated: " + "; ".join(parts)

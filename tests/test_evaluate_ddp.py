@@ -1,0 +1,63 @@
+"""`dec evaluate` under torchrun (gloo, two CPU processes) gives the single-process report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dec_cli.checkpoint import load_model
+from dec_cli.distributed import ShardSampler, shard_indices
+
+from test_evaluate import make_zoom_tree  # noqa: E402  (tests/ is on sys.path under pytest)
+
+
+def test_shards_cover_every_index_once():
+    shards = [shard_indices(11, r, 3) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == list(range(11))
+    assert len(ShardSampler(11, 2, 3)) == 3
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_torchrun_two_processes_match_single_process(tmp_path, run_dec, one_thread):
+    torch.manual_seed(0)
+    model = load_model("test_resnet", num_classes=2)
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    data = make_zoom_tree(tmp_path / "zoom")  # sources of a zoom group land on different ranks
+    (data / "square" / "broken.png").write_bytes(b"junk")
+    args = ["evaluate", "test_resnet", "--weights", str(weights), "--data", str(data), "--img-size", "32",
+            "--warps", "2", "--batch-size", "2", "--device", "cpu", "--quiet"]
+    single = run_dec(*args, "--json", tmp_path / "single.json")
+    assert single.code == 0, single.err
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "dec_cli", *args, "--json", str(tmp_path / "ddp.json")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((tmp_path / "single.json").read_text())
+    two = json.loads((tmp_path / "ddp.json").read_text())
+    assert two["models"][0]["timing"]["world_size"] == 2
+    assert two["data"] == one["data"] and two["unreadable"] == one["unreadable"] == [
+        {"path": "square/broken.png", "reason": one["unreadable"][0]["reason"]}]
+    a, b = one["models"][0], two["models"][0]
+    assert a["per_zoom"] == b["per_zoom"] and len(a["per_zoom"]) == 3
+    for key, value in a["metrics"].items():
+        if value is None or isinstance(value, int):
+            assert b["metrics"][key] == value, key
+        else:
+            assert b["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    assert [r["pairs"] for r in a["per_strength"]] == [r["pairs"] for r in b["per_strength"]]
