@@ -14,6 +14,7 @@ This module depends on torch only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -38,13 +39,12 @@ def interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
     which keeps maps of ``[0, 1]`` onto itself exact at the borders.
     """
     k = xp.shape[-1]
-    idx = torch.searchsorted(xp.contiguous(), x.contiguous(), right=True).clamp_(1, k - 1)
+    idx = torch.searchsorted(xp.contiguous(), x.contiguous(), right=True).clamp(1, k - 1)
     x0 = torch.gather(xp, -1, idx - 1)
     x1 = torch.gather(xp, -1, idx)
     f0 = torch.gather(fp, -1, idx - 1)
     f1 = torch.gather(fp, -1, idx)
-    t = (x - x0) / (x1 - x0).clamp_min(_EPS)
-    return f0 + t * (f1 - f0)
+    return torch.lerp(f0, f1, (x - x0) / (x1 - x0).clamp_min(_EPS))
 
 
 def knots_from_logits(theta: Tensor) -> Tensor:
@@ -242,6 +242,20 @@ def pixel_centres(n: int, *, device=None, dtype=torch.float32) -> Tensor:
     return (torch.arange(n, device=device, dtype=dtype) + 0.5) / n
 
 
+@functools.lru_cache(maxsize=64)
+def _centre_pair(height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Pixel centres of both axes, padded to a common length: (2, max(H, W)); row 0 is x.
+
+    Cached because building it costs as much as a few of the ops it feeds; callers
+    never write into it.
+    """
+    n = max(height, width)
+    out = torch.ones(2, n, dtype=torch.float64)
+    out[0, :width] = pixel_centres(width, dtype=torch.float64)
+    out[1, :height] = pixel_centres(height, dtype=torch.float64)
+    return out.to(device=device, dtype=dtype)
+
+
 def sampling_grid(warp: Warp, height: int, width: int, *, inverse: bool = False,
                   iters: int = DEFAULT_INVERSE_ITERS) -> Tensor:
     """The ``grid_sample`` grid (B, H, W, 2) that applies ``warp`` (or its inverse).
@@ -250,24 +264,33 @@ def sampling_grid(warp: Warp, height: int, width: int, *, inverse: bool = False,
     ``S^{-1}`` at ``l(p)``. Coordinates follow ``align_corners=False``.
     """
     dev, dt = warp.ys_x.device, warp.ys_x.dtype
-    cx, cy = pixel_centres(width, device=dev, dtype=dt), pixel_centres(height, device=dev, dtype=dt)
     b = warp.batch
     if warp.separable:
+        # Both axes in one batched interpolation, mapped to [-1, 1] while still 1-D,
+        # then written once into the 2-D grid (no broadcast-stack-rescale passes).
+        centres = _centre_pair(height, width, dev, dt).expand(b, 2, -1)
+        knots = torch.cat([warp.ys_x, warp.ys_y], dim=1)  # (B, 2, K): the rows of both axes
+        parts = torch.stack([warp.xs_x, warp.xs_y], dim=1)
         if inverse:
-            gx = interp(cx.expand(b, width), warp.xs_x, warp.ys_x[:, 0])
-            gy = interp(cy.expand(b, height), warp.xs_y, warp.ys_y[:, 0])
+            g = interp(centres, parts, knots * 2.0 - 1.0)
         else:
-            gx = interp(cx.expand(b, width), warp.ys_x[:, 0], warp.xs_x)
-            gy = interp(cy.expand(b, height), warp.ys_y[:, 0], warp.xs_y)
-        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
-        return grid * 2.0 - 1.0
+            g = interp(centres, knots, parts * 2.0 - 1.0)
+        gx = g[:, None, 0, :width].expand(b, height, width)
+        gy = g[:, 1, :height, None].expand(b, height, width)
+        if (dt in (torch.float32, torch.float64) and g.device.type == "cpu" and not g.requires_grad
+                and not torch.compiler.is_compiling()):
+            # Eager CPU: interleaving via a complex view is one fused pass, faster than stack.
+            return torch.view_as_real(torch.complex(gx, gy))
+        return torch.stack([gx, gy], dim=-1)
+    cx, cy = pixel_centres(width, device=dev, dtype=dt), pixel_centres(height, device=dev, dtype=dt)
     px = cx.expand(height, width).reshape(1, -1)
     py = cy[:, None].expand(height, width).reshape(1, -1)
     if inverse:
         gx, gy = warp.forward_points(px, py)
     else:
         gx, gy = warp.inverse_points(px, py, iters=iters)
-    return torch.stack([gx, gy], dim=-1).view(b, height, width, 2) * 2.0 - 1.0
+    grid = torch.stack([gx, gy], dim=-1).view(b, height, width, 2)
+    return grid.mul_(2.0).sub_(1.0) if not grid.requires_grad else grid * 2.0 - 1.0
 
 
 def _sample(x: Tensor, grid: Tensor, mode: str) -> Tensor:
@@ -390,8 +413,27 @@ def random_warp(batch: int = 1, *, grid: int = 8, rows: int = 1,
     knots = torch.cat([torch.zeros(2, batch, rows, 1, dtype=torch.float64),
                        torch.cumsum(slopes / grid, dim=-1)], dim=-1)
     knots[..., -1] = 1.0
+    if rows > 1:
+        knots = _tame_rows(knots, min(scale_range))
     knots = knots.to(device=device, dtype=dtype)
     return Warp.from_knots(knots[0], knots[1])
+
+
+def _tame_rows(knots: Tensor, lo: float, shear: float = 0.5) -> Tensor:
+    """Pull control rows (..., R, K) towards their mean so the warp cannot fold.
+
+    Independent random rows can differ so much between neighbours that the cross
+    derivative ``dl_X/dy`` (rows apart times ``R - 1``) beats the slopes and the
+    warp folds. Shrinking each row's deviation from the mean row by a common
+    factor keeps every slope in range (convex blends of in-range rows) and
+    bounds ``|dl_X/dy| <= shear * lo``, so ``det J >= (1 - shear^2) lo^2 > 0``
+    and the alternating inversion contracts by about ``shear^2`` per sweep.
+    """
+    rows = knots.shape[-2]
+    mean = knots.mean(dim=-2, keepdim=True)
+    step = (knots[..., 1:, :] - knots[..., :-1, :]).abs().amax(dim=(-2, -1), keepdim=True) * (rows - 1)
+    lam = (shear * lo / step.clamp_min(_EPS)).clamp(max=1.0)
+    return mean + lam * (knots - mean)
 
 
 def keyed_warp(seed: int, key: str = "", **kwargs) -> Warp:
@@ -409,42 +451,83 @@ def zoom_warp(factor: float, *, center: Sequence[float] = (0.5, 0.5), radius: fl
     """Magnify (``factor > 1``) or shrink (``< 1``) a disc around ``center``.
 
     ``center`` is (x, y) in normalized coordinates, ``radius`` a fraction of the
-    short side of an image of ``size`` (H, W). Each control row of ``l_X``
-    gets slope ``factor`` over the chord of the disc at its height and a
-    constant compensating slope elsewhere (so the row still maps [0, 1] onto
-    itself); ``l_Y`` likewise by columns. Rows outside the disc are identity.
+    short side of an image of ``size`` (H, W). Each axis is a 1-D zoom ``z1(x)``
+    (slope ``factor`` over ``[c - r, c + r]``, a constant compensating slope
+    elsewhere) blended with the identity by a smooth weight of the across
+    coordinate: ``l_X(x, y) = x + w(y) (z1(x) - x)``. ``w`` is 1 across the disc
+    and falls off with a raised cosine whose width is the smallest (of a
+    geometric ladder) that keeps the Jacobian determinant comfortably positive,
+    so the zoom stays local for mild factors and never folds for strong ones.
+    At the centre the local scale factor is exactly ``factor`` on both axes.
     """
     if not (math.isfinite(factor) and factor > 0):
         raise ValueError(f"zoom factor must be positive; got {factor}")
     if not 0 < radius <= 0.5:
         raise ValueError(f"zoom radius must be in (0, 0.5]; got {radius}")
-    cx, cy = center
+    if grid < 2 or rows < 2:
+        raise ValueError(f"zoom needs grid >= 2 and rows >= 2; got grid={grid}, rows={rows}")
+    cx, cy = (float(v) for v in center)
+    if not (0.0 <= cx <= 1.0 and 0.0 <= cy <= 1.0):
+        raise ValueError(f"zoom centre must lie in [0, 1]^2; got {cx},{cy}")
     h, w = size
     short = min(h, w)
     rad_x, rad_y = radius * short / w, radius * short / h
-    knots_x = _zoom_knots(factor, cx, cy, rad_x, rad_y, grid, rows)
-    knots_y = _zoom_knots(factor, cy, cx, rad_y, rad_x, grid, rows)
-    return Warp.from_knots(knots_x.to(dtype), knots_y.to(dtype))
+    knots_x, knots_y = _zoom_knots(float(factor), cx, cy, rad_x, rad_y, int(grid), int(rows))
+    return Warp.from_knots(knots_x.to(dtype, copy=True), knots_y.to(dtype, copy=True))
 
 
-def _zoom_knots(factor: float, c_along: float, c_across: float, rad_along: float, rad_across: float,
-                grid: int, rows: int) -> Tensor:
-    """Knots (1, rows, grid + 1) of one axis of the zoom warp."""
-    across = torch.linspace(0.0, 1.0, rows, dtype=torch.float64)
-    half = rad_along * torch.sqrt((1 - ((across - c_across) / rad_across) ** 2).clamp_min(0.0))
-    lo = (c_along - half).clamp(0.0, 1.0)[:, None]
-    hi = (c_along + half).clamp(0.0, 1.0)[:, None]
+_ZOOM_RAMPS = tuple(0.25 * 1.3 ** i for i in range(20))  # falloff widths, in disc radii
+
+
+@functools.lru_cache(maxsize=256)
+def _zoom_knots(factor: float, cx: float, cy: float, rad_x: float, rad_y: float,
+                grid: int, rows: int) -> tuple[Tensor, Tensor]:
+    """Knots (1, rows, grid + 1) of both axes; cached (a sweep reuses them per image size)."""
+    zx, sx = _zoom_1d(factor, cx, rad_x, grid)
+    zy, sy = _zoom_1d(factor, cy, rad_y, grid)
+    ident = uniform_partition(grid, dtype=torch.float64)
+    across = uniform_partition(rows - 1, dtype=torch.float64)
+    # Smallest falloff keeping det >= half of what a separable zoom reaches at its worst.
+    target = 0.5 * min(1.0, factor, sx) * min(1.0, factor, sy)
+    # The warp is t + W(across) * D(along) per axis, so its Jacobian on a dense
+    # grid comes from 1-D interpolations and outer products (fast, exact form).
+    t = uniform_partition(128, dtype=torch.float64)
+    dx = interp(t, ident, zx) - t
+    dy = interp(t, ident, zy) - t
+    for ramp in _ZOOM_RAMPS:
+        wy = _falloff(across, cy, rad_y, ramp * rad_y)
+        wx = _falloff(across, cx, rad_x, ramp * rad_x)
+        lx = t[None, :] + interp(t, across, wy)[:, None] * dx[None, :]  # [y, x]
+        ly = t[:, None] + interp(t, across, wx)[None, :] * dy[:, None]
+        if float(_grid_jacobian(lx[None], ly[None], 1.0 / 128).min()) >= target:
+            break
+    kx = (ident + wy[:, None] * (zx - ident)).unsqueeze(0)
+    ky = (ident + wx[:, None] * (zy - ident)).unsqueeze(0)
+    kx[..., 0], kx[..., -1], ky[..., 0], ky[..., -1] = 0.0, 1.0, 0.0, 1.0
+    return kx, ky
+
+
+def _zoom_1d(factor: float, c: float, rad: float, grid: int) -> tuple[Tensor, Tensor]:
+    """Knots (grid + 1) of the 1-D zoom about ``c`` and its compensating slope outside."""
+    lo, hi = max(c - rad, 0.0), min(c + rad, 1.0)
     inside = hi - lo
-    if bool((inside * factor >= 1).any()):
-        raise ValueError(f"zoom factor {factor} with radius {rad_along:.3f} leaves no room outside the disc")
-    outside_slope = (1 - inside * factor) / (1 - inside)
-    a = torch.arange(grid, dtype=torch.float64)[None, :] / grid
+    if inside * factor >= 1 or inside >= 1:
+        raise ValueError(f"zoom factor {factor} with radius {rad:.3f} leaves no room outside the disc")
+    outside = (1 - inside * factor) / (1 - inside)
+    a = torch.arange(grid, dtype=torch.float64) / grid
     b = a + 1.0 / grid
-    overlap = (torch.minimum(b, hi) - torch.maximum(a, lo)).clamp_min(0.0)
-    inc = overlap * factor + (1.0 / grid - overlap) * outside_slope
-    knots = torch.cat([torch.zeros(rows, 1, dtype=torch.float64), torch.cumsum(inc, dim=-1)], dim=-1)
-    knots[:, -1] = 1.0
-    return knots.unsqueeze(0)
+    overlap = (torch.minimum(b, torch.tensor(hi, dtype=torch.float64))
+               - torch.maximum(a, torch.tensor(lo, dtype=torch.float64))).clamp_min(0.0)
+    inc = overlap * factor + (1.0 / grid - overlap) * outside
+    knots = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(inc, dim=0)])
+    knots[-1] = 1.0
+    return knots, outside
+
+
+def _falloff(t: Tensor, c: float, flat: float, ramp: float) -> Tensor:
+    """1 within ``flat`` of ``c``, then a raised-cosine fall to 0 over ``ramp``."""
+    u = ((t - c).abs() - flat).clamp(min=0.0) / ramp
+    return 0.5 * (1.0 + torch.cos(math.pi * u.clamp(max=1.0)))
 
 
 def jacobian_determinant(warp: Warp, n: int = 64) -> Tensor:
@@ -453,8 +536,11 @@ def jacobian_determinant(warp: Warp, n: int = 64) -> Tensor:
     px = t.expand(n, n).reshape(1, -1)
     py = t[:, None].expand(n, n).reshape(1, -1)
     lx, ly = warp.forward_points(px, py)
-    lx, ly = lx.view(-1, n, n), ly.view(-1, n, n)
-    step = 1.0 / (n - 1)
+    return _grid_jacobian(lx.view(-1, n, n), ly.view(-1, n, n), 1.0 / (n - 1))
+
+
+def _grid_jacobian(lx: Tensor, ly: Tensor, step: float) -> Tensor:
+    """Forward-difference Jacobian determinant of a map sampled on a square grid ``[..., y, x]``."""
     dxdx = (lx[:, :-1, 1:] - lx[:, :-1, :-1]) / step
     dydx = (ly[:, :-1, 1:] - ly[:, :-1, :-1]) / step
     dxdy = (lx[:, 1:, :-1] - lx[:, :-1, :-1]) / step

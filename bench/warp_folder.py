@@ -1,0 +1,191 @@
+"""Benchmark `dec warp` against a plain Pillow decode+encode loop and an albumentations loop.
+
+Builds a tree of about 100 real photographs (resized and cropped variants of
+the sample photos) in a temporary folder, then times, in this one process and
+with one thread, interleaved and best of ``--repeats``:
+
+* ``pillow``: decode, encode with the same save parameters `dec warp` uses;
+* ``dec warp``: the whole job (decode, keyed warp, encode, manifest), one worker;
+* ``albumentations``: decode, ``GridDistortion``, encode with the same
+  parameters (only if albumentations is importable: it is not a dependency);
+
+and the warp kernel alone: ``apply_warp`` (grid build + sampling) against
+``torch.nn.functional.grid_sample`` alone on a 224x224 RGB float image.
+
+    python bench/warp_folder.py [--photos DIR] [--files 100] [--repeats 3] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dec_cli import images
+from dec_cli.folderwarp import WarpSettings, run_warp
+from dec_cli.warp import apply_warp, keyed_warp, sampling_grid
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PHOTOS = [ROOT.parent / "shared" / "data" / "photos", ROOT / "examples" / "photos"]
+
+
+def make_tree(photos: Path, out: Path, n_files: int) -> list[Path]:
+    """Resized and cropped variants of the photographs, in their own format, into class folders."""
+    sources = sorted(p for p in photos.iterdir() if images.is_image_path(p) and p.suffix.lower() in (".png", ".jpg"))
+    sources = [p for p in sources if min(Image.open(p).size) >= 150]
+    rng = np.random.default_rng(0)
+    made = []
+    for i in range(n_files):
+        src = sources[i % len(sources)]
+        im = Image.open(src)
+        im.load()
+        w, h = im.size
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        crop = im.crop((x0, y0, x0 + cw, y0 + ch))
+        side = int(rng.integers(224, 513))
+        scale = side / max(cw, ch)
+        crop = crop.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.Resampling.BILINEAR)
+        target = out / src.stem / f"{src.stem}_{i:03d}{src.suffix.lower()}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        params = {"quality": 90} if src.suffix.lower() == ".jpg" else {}
+        crop.save(target, **params)
+        made.append(target)
+    return made
+
+
+def pillow_loop(files: list[Path], root: Path, dst: Path) -> None:
+    """Plain Pillow: open, decode, encode with the same save parameters `dec warp` uses (no warp)."""
+    for f in files:
+        with Image.open(f) as im:
+            im.load()
+            params = images._save_params(im, im.format)
+            target = dst / f.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            im.save(target, format=im.format, **params)
+
+
+def albumentations_loop(files: list[Path], root: Path, dst: Path) -> None:
+    """The same I/O as the Pillow loop, with albumentations' GridDistortion in between."""
+    import albumentations as A
+    import cv2
+
+    cv2.setNumThreads(1)  # one worker, one thread, like the other loops
+    aug = A.GridDistortion(num_steps=8, distort_limit=0.3, p=1.0)
+    for f in files:
+        pic = images.read_image(f)
+        page = pic.pages[0]
+        out = Image.fromarray(aug(image=np.asarray(page))["image"], page.mode)
+        target = dst / f.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        out.save(target, format=pic.format, **pic.params)
+
+
+def kernel_ratio(repeats: int = 7, n: int = 200) -> dict:
+    """apply_warp (grid build + sampling) over grid_sample alone, 224x224 RGB float32."""
+    x = torch.rand(1, 3, 224, 224)
+    warp = keyed_warp(0, "kernel")
+    grid = sampling_grid(warp, 224, 224)
+
+    def t_sample():
+        F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def t_apply():
+        apply_warp(x, warp)
+
+    best = {"grid_sample": float("inf"), "apply_warp": float("inf")}
+    for fn in (t_sample, t_apply):
+        for _ in range(20):
+            fn()
+    for _ in range(repeats):
+        for name, fn in (("grid_sample", t_sample), ("apply_warp", t_apply)):
+            start = time.process_time()  # CPU time: robust to other processes on the machine
+            for _ in range(n):
+                fn()
+            best[name] = min(best[name], (time.process_time() - start) / n)
+    return {"grid_sample_us": best["grid_sample"] * 1e6, "apply_warp_us": best["apply_warp"] * 1e6,
+            "ratio": best["apply_warp"] / best["grid_sample"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=Path, default=None)
+    parser.add_argument("--files", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    photos = args.photos or next((p for p in DEFAULT_PHOTOS if p.is_dir()), None)
+    if photos is None:
+        sys.exit("error: no photo folder found (hint: pass --photos DIR)")
+    try:
+        import albumentations  # noqa: F401
+
+        have_albu = True
+    except ImportError:
+        have_albu = False
+
+    results: dict = {"kernel": kernel_ratio()}
+    with tempfile.TemporaryDirectory(prefix="dec-bench-") as tmp:
+        tmp = Path(tmp)
+        files = make_tree(photos, tmp / "src", args.files)
+        megapixels = sum(Image.open(f).size[0] * Image.open(f).size[1] for f in files) / 1e6
+        names = ["pillow", "dec_warp"] + (["albumentations"] if have_albu else [])
+        best = {n: float("inf") for n in names}  # wall seconds
+        best_cpu = {n: float("inf") for n in names}  # CPU seconds of this process (robust to other load)
+        for rep in range(args.repeats):
+            for name in names:
+                out = tmp / f"{name}-{rep}"
+                start, start_cpu = time.perf_counter(), time.process_time()
+                if name == "pillow":
+                    pillow_loop(files, tmp / "src", out)
+                elif name == "albumentations":
+                    albumentations_loop(files, tmp / "src", out)
+                else:
+                    run_warp(tmp / "src", out, WarpSettings(), workers=1)
+                best[name] = min(best[name], time.perf_counter() - start)
+                best_cpu[name] = min(best_cpu[name], time.process_time() - start_cpu)
+                shutil.rmtree(out)
+    results["files"] = len(files)
+    results["megapixels"] = round(megapixels, 2)
+    results["files_per_s"] = {k: len(files) / v for k, v in best.items()}
+    results["files_per_cpu_s"] = {k: len(files) / v for k, v in best_cpu.items()}
+    results["dec_vs_pillow"] = best["pillow"] / best["dec_warp"]
+    results["dec_vs_pillow_cpu"] = best_cpu["pillow"] / best_cpu["dec_warp"]
+    if have_albu:
+        results["dec_vs_albumentations"] = best["albumentations"] / best["dec_warp"]
+        results["dec_vs_albumentations_cpu"] = best_cpu["albumentations"] / best_cpu["dec_warp"]
+
+    k = results["kernel"]
+    print(f"photos: {len(files)} files, {megapixels:.1f} MP, from {photos}; one worker, one thread")
+    wall, cpu = results["files_per_s"], results["files_per_cpu_s"]
+    print("| loop | files/s (wall) | vs pillow | files per CPU-s | vs pillow |")
+    print("|---|---|---|---|---|")
+    for name in wall:
+        print(f"| {name} | {wall[name]:.1f} | {wall[name] / wall['pillow']:.2f}x "
+              f"| {cpu[name]:.1f} | {cpu[name] / cpu['pillow']:.2f}x |")
+    if not have_albu:
+        print("| albumentations | not installed (pip install albumentations to compare) | | | |")
+    print(f"kernel 224x224 RGB: grid_sample {k['grid_sample_us']:.0f} us, apply_warp {k['apply_warp_us']:.0f} us, "
+          f"ratio {k['ratio']:.2f}x (target <= 1.5x)")
+    print(f"dec warp / pillow: {results['dec_vs_pillow']:.2f}x wall, {results['dec_vs_pillow_cpu']:.2f}x CPU "
+          "(target >= 0.75x)")
+    if have_albu:
+        print(f"dec warp / albumentations: {results['dec_vs_albumentations']:.2f}x wall, "
+              f"{results['dec_vs_albumentations_cpu']:.2f}x CPU (target >= 1x)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

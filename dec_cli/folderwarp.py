@@ -1,0 +1,457 @@
+"""The tree jobs behind `dec warp` and `dec unwarp`.
+
+`run_warp` walks SRC, warps every image with a warp that depends only on the
+seed, the file's relative path and the copy index, writes the same relative
+tree under DST (atomic writes, nothing overwritten without ``overwrite``) and
+finishes with ``DST/manifest.jsonl``. Work is split per file, so results are
+byte-identical whatever the number of worker processes and an interrupted job
+resumes by skipping the outputs already in place. `run_unwarp` inverts every
+warp a manifest records. Nothing here prints; user errors raise `UsageError`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import math
+import multiprocessing
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from dec_cli import images
+from dec_cli.errors import DecError, UsageError
+from dec_cli.files import write_json, write_text_atomic
+from dec_cli.warp import DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, keyed_warp, zoom_warp
+
+MANIFEST = "manifest.jsonl"
+JOB_FILE = ".dec-warp-job.json"
+MASKS_DIR = "masks"
+ZOOM_GRID, ZOOM_ROWS = 64, 17
+# Unwarping resamples a second time; bicubic keeps more of the detail the first pass kept.
+UNWARP_SAMPLING = "bicubic"
+
+
+@dataclass(frozen=True)
+class WarpSettings:
+    """What decides every output of a warp job (recorded for --resume)."""
+
+    seed: int = 0
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE
+    grid: int = 8
+    rows: int = 1
+    copies: int = 1
+    zooms: tuple[float, ...] | None = None
+    center: tuple[float, float] | None = None
+    radius: float = 0.25
+
+    def check(self) -> None:
+        """Raise `UsageError` for settings that cannot make a valid warp."""
+        try:
+            check_scale_range(self.scale_range)
+        except ValueError as exc:
+            raise UsageError(str(exc), "for example --scale-range 0.75,1.33") from None
+        if self.grid < 1 or self.rows < 1 or self.copies < 1:
+            raise UsageError(f"--grid, --rows and --copies must be >= 1; got {self.grid}, {self.rows}, {self.copies}")
+        if self.zooms is not None:
+            if not self.zooms or any(not (math.isfinite(z) and z > 0) for z in self.zooms):
+                raise UsageError(f"--zoom factors must be positive numbers; got {self.zooms}",
+                                 "for example --zoom 0.8,1,1.25")
+            if not 0 < self.radius <= 0.5:
+                raise UsageError(f"--radius must be in (0, 0.5]; got {self.radius}")
+            cx, cy = self.center or (0.5, 0.5)
+            if not (0 <= cx <= 1 and 0 <= cy <= 1):
+                raise UsageError(f"--center must lie in [0, 1]^2; got {cx},{cy}", "for example --center 0.5,0.4")
+            if 2 * self.radius * max(self.zooms) >= 1:
+                raise UsageError(f"zoom {max(self.zooms)} with radius {self.radius} leaves no room outside the disc",
+                                 "use a smaller --radius or factor")
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output of a source file: its relative name and which warp makes it."""
+
+    dst: str
+    kind: str
+    copy: int | None
+    zoom: float | None
+
+
+@dataclass
+class JobSummary:
+    """What a tree job did (the `--json` summary)."""
+
+    command: str
+    src: str
+    dst: str
+    files: int = 0
+    outputs: int = 0
+    written: int = 0
+    skipped_existing: int = 0
+    masks: int = 0
+    bad: list[dict[str, str]] = field(default_factory=list)
+    manifest: str | None = None
+    workers: int = 1
+    seconds: float = 0.0
+
+    @property
+    def files_per_s(self) -> float:
+        return self.files / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["files_per_s"] = round(self.files_per_s, 3)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+
+# --------------------------------------------------------------------------- naming and planning
+
+
+def output_name(rel: str, *, copy: int | None = None, zoom: float | None = None) -> str:
+    """``name.w{i}.ext`` for copies, ``name.z{z}.ext`` for zoom factors, else ``rel`` itself."""
+    path = PurePosixPath(rel)
+    if zoom is not None:
+        return str(path.with_name(f"{path.stem}.z{format(zoom, 'g')}{path.suffix}"))
+    if copy is not None:
+        return str(path.with_name(f"{path.stem}.w{copy}{path.suffix}"))
+    return rel
+
+
+def plan_outputs(rel: str, settings: WarpSettings) -> list[Output]:
+    """The outputs of one source file, in manifest order."""
+    if settings.zooms is not None:
+        return [Output(output_name(rel, zoom=z), "zoom", None, float(z)) for z in settings.zooms]
+    if settings.copies == 1:
+        return [Output(rel, "random", None, None)]
+    return [Output(output_name(rel, copy=i), "random", i, None) for i in range(settings.copies)]
+
+
+def warp_for(settings: WarpSettings, rel: str, out: Output, size_hw: Sequence[int]) -> Warp:
+    """The warp of one output. Random warps depend only on seed, relative path and copy index."""
+    if out.kind == "zoom":
+        return zoom_warp(out.zoom, center=settings.center or (0.5, 0.5), radius=settings.radius,
+                         size=tuple(size_hw), grid=ZOOM_GRID, rows=ZOOM_ROWS)
+    return keyed_warp(settings.seed, f"{rel}\0copy={out.copy or 0}", grid=settings.grid, rows=settings.rows,
+                      scale_range=settings.scale_range)
+
+
+def manifest_record(settings: WarpSettings, rel: str, out: Output, warp: Warp,
+                    mask: str | None = None) -> dict[str, Any]:
+    """One manifest line: enough to invert the warp and to check its slopes."""
+    zoom = out.kind == "zoom"
+    record = {
+        "src": rel, "dst": out.dst, "seed": settings.seed, "kind": out.kind,
+        "zoom": out.zoom, "copy": out.copy,
+        "scale_range": None if zoom else list(settings.scale_range),
+        "grid": warp.knots_x.shape[-1] - 1, "rows": warp.rows,
+        "knots_x": warp.knots_x[0].tolist(), "knots_y": warp.knots_y[0].tolist(),
+    }
+    if zoom:
+        record["center"] = list(settings.center or (0.5, 0.5))
+        record["radius"] = settings.radius
+    if mask is not None:
+        record["mask"] = mask
+    return record
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def scan_images(root: Path, *, exclude: Path | None = None) -> list[str]:
+    """Relative posix paths of files with image extensions under ``root``, sorted; hidden ones skipped."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and (exclude is None or (here / d).resolve() != exclude))
+        for name in filenames:
+            if not name.startswith(".") and images.is_image_path(name):
+                found.append((here / name).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def check_tree_paths(src: Path, dst: Path, what: str = "SRC") -> None:
+    """SRC must be an existing folder; DST must not be SRC or lie inside it, and must be writable."""
+    if not src.exists():
+        raise UsageError(f"{what} {src} does not exist", "give a folder of images")
+    if not src.is_dir():
+        raise UsageError(f"{what} {src} is not a folder", "give a folder of images")
+    s, d = src.resolve(), dst.resolve()
+    if d == s or s in d.parents:
+        raise UsageError(f"DST {dst} is {'the same as' if d == s else 'inside'} {what} {src}",
+                         "choose an output folder outside the input tree")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".dec-write-test.", dir=d)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"cannot write to DST {dst}: {exc.strerror or exc}",
+                         "check the path and its permissions") from None
+
+
+# --------------------------------------------------------------------------- workers
+
+
+@dataclass(frozen=True)
+class _Context:
+    src: str
+    dst: str
+    masks: str | None
+    settings: WarpSettings
+    overwrite: bool
+    resume: bool
+
+
+def _warp_file(ctx: _Context, rel: str, outs: list[Output], mask_rel: str | None) -> dict[str, Any]:
+    """Warp one source file into all its outputs (run in a worker or inline)."""
+    src, dst = Path(ctx.src), Path(ctx.dst)
+    def mask_name(out: Output) -> str | None:
+        if mask_rel is None:
+            return None
+        return str(PurePosixPath(MASKS_DIR) / PurePosixPath(out.dst).with_suffix(PurePosixPath(mask_rel).suffix))
+
+    def done(out: Output) -> bool:
+        m = mask_name(out)
+        return (dst / out.dst).exists() and (m is None or (dst / m).exists())
+
+    pending = [o for o in outs if not ctx.resume or not done(o)]
+    result: dict[str, Any] = {"records": [], "written": 0, "skipped": len(outs) - len(pending), "masks": 0, "bad": []}
+    try:
+        if pending:
+            pic = images.read_image(src / rel)
+            w, h = pic.size
+        else:
+            w, h = images.image_size(src / rel)
+    except images.ImageReadError as exc:
+        result["bad"].append({"path": rel, "reason": str(exc)})
+        return result
+    except OSError as exc:
+        result["bad"].append({"path": rel, "reason": f"cannot read: {exc.strerror or exc}"})
+        return result
+    mask_pic = None
+    if mask_rel is not None and pending:
+        try:
+            mask_pic = images.read_image(Path(ctx.masks) / mask_rel)
+        except (images.ImageReadError, OSError) as exc:
+            result["bad"].append({"path": f"{MASKS_DIR}/{mask_rel}", "reason": str(exc)})
+            mask_rel = None
+    for out in outs:
+        warp = warp_for(ctx.settings, rel, out, (h, w))
+        mask_out = mask_name(out)
+        result["records"].append(manifest_record(ctx.settings, rel, out, warp, mask_out))
+        if out not in pending:
+            continue
+        _write_warped(pic, warp, dst / out.dst, inverse=False)
+        result["written"] += 1
+        if mask_pic is not None:
+            _write_warped(mask_pic, warp, dst / mask_out, inverse=False, nearest=True)
+            result["masks"] += 1
+    return result
+
+
+def _write_warped(pic: images.Picture, warp: Warp, target: Path, *, inverse: bool,
+                  nearest: bool = False, smooth: str = "bilinear") -> None:
+    """Warp every page of ``pic`` and write it atomically (the caller has settled overwriting).
+
+    ``smooth`` is the sampling for continuous-valued pages; label pages (palette,
+    bilevel, masks) always use nearest.
+    """
+    def fn(x: torch.Tensor, mode: str) -> torch.Tensor:
+        sampling = "nearest" if nearest or mode == "nearest" else smooth
+        return apply_warp(x, warp.to(x.dtype), inverse=inverse, mode=sampling)
+
+    pages = [images.warp_page(page, fn) for page in pic.pages]
+    try:
+        images.write_image(pages, target, pic.format, pic.params, overwrite=True)
+    except OSError as exc:
+        raise DecError(f"cannot write {target}: {exc.strerror or exc}", "check free space and permissions") from None
+
+
+def _unwarp_file(ctx: _Context, record: dict[str, Any]) -> dict[str, Any]:
+    """Invert one manifest record's warp on its output file."""
+    result: dict[str, Any] = {"records": [], "written": 0, "skipped": 0, "masks": 0, "bad": []}
+    rel = record["dst"]
+    target = Path(ctx.dst) / rel
+    if ctx.resume and not ctx.overwrite and target.exists():
+        result["skipped"] = 1
+        return result
+    if record.get("knots_x") is None or record.get("knots_y") is None:
+        result["bad"].append({"path": rel, "reason": "the manifest records no single warp for it (knots are null)"})
+        return result
+    try:
+        pic = images.read_image(Path(ctx.src) / rel)
+    except images.ImageReadError as exc:
+        result["bad"].append({"path": rel, "reason": str(exc)})
+        return result
+    except OSError as exc:
+        result["bad"].append({"path": rel, "reason": f"cannot read: {exc.strerror or exc}"})
+        return result
+    warp = Warp.from_knots(torch.tensor(record["knots_x"], dtype=torch.float32),
+                           torch.tensor(record["knots_y"], dtype=torch.float32))
+    _write_warped(pic, warp, target, inverse=True, smooth=UNWARP_SAMPLING)
+    result["written"] = 1
+    return result
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_tasks(fn: Callable[..., dict[str, Any]], ctx: _Context, tasks: list[tuple], workers: int,
+               on_progress: Callable[[int], None] | None) -> list[dict[str, Any]]:
+    """Run ``fn(ctx, *task)`` for every task; results in task order whatever the worker count."""
+    results: list[dict[str, Any] | None] = [None] * len(tasks)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            for i, task in enumerate(tasks):
+                results[i] = fn(ctx, *task)
+                if on_progress:
+                    on_progress(1)
+        else:
+            mp = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp, initializer=_init_worker) as pool:
+                futures = {pool.submit(fn, ctx, *task): i for i, task in enumerate(tasks)}
+                try:
+                    for fut in cf.as_completed(futures):
+                        results[futures[fut]] = fut.result()
+                        if on_progress:
+                            on_progress(1)
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+    finally:
+        torch.set_num_threads(threads)
+    return [r for r in results if r is not None]
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def plan_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSettings, *,
+              masks: str | os.PathLike | None = None) -> list[tuple[str, list[Output], str | None]]:
+    """Check paths and settings and list (relative path, outputs, mask) per source image."""
+    src, dst = Path(src), Path(dst)
+    settings.check()
+    check_tree_paths(src, dst)
+    rels = scan_images(src)
+    if not rels:
+        raise UsageError(f"SRC {src} holds no image files",
+                         f"image extensions: {' '.join(sorted(images.IMAGE_EXTENSIONS))}")
+    mask_index: dict[str, str] = {}
+    if masks is not None:
+        masks = Path(masks)
+        if not masks.is_dir():
+            raise UsageError(f"--masks {masks} is not a folder", "give a folder of masks named like the images")
+        for m in scan_images(masks):
+            mask_index.setdefault(str(PurePosixPath(m).with_suffix("")), m)
+    return [(rel, plan_outputs(rel, settings), mask_index.get(str(PurePosixPath(rel).with_suffix(""))))
+            for rel in rels]
+
+
+def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSettings = WarpSettings(), *,
+             masks: str | os.PathLike | None = None, workers: int = 1, overwrite: bool = False,
+             resume: bool = False, on_start: Callable[[int], None] | None = None,
+             on_progress: Callable[[int], None] | None = None) -> JobSummary:
+    """Warp the tree SRC into DST (see the module docstring); returns the summary."""
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume exclude each other", "use one of them")
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1; got {workers}")
+    src_p, dst_p = Path(src), Path(dst)
+    plan = plan_warp(src_p, dst_p, settings, masks=masks)
+    job = {"settings": asdict(settings), "masks": masks is not None}
+    job = json.loads(json.dumps(job))  # tuples -> lists, as stored on disk
+    job_file = dst_p / JOB_FILE
+    if resume:
+        if job_file.exists():
+            previous = json.loads(job_file.read_text(encoding="utf-8"))
+            if previous != job:
+                raise UsageError(f"DST {dst_p} was made with different settings than these",
+                                 "rerun with the original options, or use --overwrite")
+    elif not overwrite:
+        existing = [o.dst for _, outs, _ in plan for o in outs if (dst_p / o.dst).exists()]
+        if existing or (dst_p / MANIFEST).exists():
+            raise UsageError(
+                f"DST {dst_p} already holds outputs of a warp job ({len(existing)} of "
+                f"{sum(len(outs) for _, outs, _ in plan)} files exist)",
+                "pass --resume to finish an interrupted job or --overwrite to replace them")
+    write_json(job, job_file)
+    summary = JobSummary("warp", str(src_p), str(dst_p), files=len(plan),
+                         outputs=sum(len(outs) for _, outs, _ in plan), workers=workers)
+    ctx = _Context(str(src_p), str(dst_p), None if masks is None else str(masks), settings, overwrite, resume)
+    if on_start:
+        on_start(len(plan))
+    start = time.perf_counter()
+    results = _run_tasks(_warp_file, ctx, plan, workers, on_progress)
+    records = _collect(summary, results)
+    manifest = dst_p / MANIFEST
+    write_text_atomic(manifest, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+    summary.manifest = str(manifest)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a manifest file; `UsageError` if it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"manifest {path} does not exist", "pass --manifest DST/manifest.jsonl of a `dec warp` run")
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"manifest {path} line {n} is not JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or "dst" not in record:
+            raise UsageError(f"manifest {path} line {n} has no 'dst' entry")
+        records.append(record)
+    return records
+
+
+def run_unwarp(src: str | os.PathLike, dst: str | os.PathLike, manifest: str | os.PathLike | None = None, *,
+               workers: int = 1, overwrite: bool = False, resume: bool = False,
+               on_start: Callable[[int], None] | None = None,
+               on_progress: Callable[[int], None] | None = None) -> JobSummary:
+    """Invert every warp recorded in ``manifest`` (default ``SRC/manifest.jsonl``) into DST."""
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume exclude each other", "use one of them")
+    src_p, dst_p = Path(src), Path(dst)
+    check_tree_paths(src_p, dst_p)
+    records = read_manifest(manifest if manifest is not None else src_p / MANIFEST)
+    if not records:
+        raise UsageError("the manifest lists no outputs", "run `dec warp` first")
+    if not overwrite and not resume:
+        existing = [r["dst"] for r in records if (dst_p / r["dst"]).exists()]
+        if existing:
+            raise UsageError(f"DST {dst_p} already holds {len(existing)} of the {len(records)} outputs",
+                             "pass --resume to finish or --overwrite to replace them")
+    summary = JobSummary("unwarp", str(src_p), str(dst_p), files=len(records), outputs=len(records), workers=workers)
+    ctx = _Context(str(src_p), str(dst_p), None, WarpSettings(), overwrite, resume)
+    if on_start:
+        on_start(len(records))
+    start = time.perf_counter()
+    _collect(summary, _run_tasks(_unwarp_file, ctx, [(r,) for r in records], workers, on_progress))
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _collect(summary: JobSummary, results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    for r in results:
+        records.extend(r["records"])
+        summary.written += r["written"]
+        summary.skipped_existing += r["skipped"]
+        summary.masks += r["masks"]
+        summary.bad.extend(r["bad"])
+    return records

@@ -1,0 +1,235 @@
+"""Property tests of the monotone warp engine: identity, inverse, group laws, strength, no folds, zoom."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dec_cli.warp import (DEFAULT_SCALE_RANGE, Warp, apply_warp, compose, jacobian_determinant, keyed_warp,
+                          parse_scale_range, random_warp, sampling_grid, zoom_warp)
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
+seeds = st.integers(0, 2 ** 31 - 1)
+grids = st.integers(1, 16)
+
+
+def points(n: int = 257, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dense n x n lattice of normalized points, flattened to (1, n*n)."""
+    t = torch.linspace(0, 1, n, dtype=dtype)
+    return t.expand(n, n).reshape(1, -1), t[:, None].expand(n, n).reshape(1, -1)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- identity
+
+
+@SETTINGS
+@given(grid=grids, rows=st.integers(1, 5))
+def test_zero_logits_are_the_identity(grid, rows):
+    ident = Warp.identity(2, grid=grid, rows=rows)
+    px, py = points(33)
+    lx, ly = ident.forward_points(px, py)
+    assert torch.allclose(lx, px.expand_as(lx), atol=1e-6) and torch.allclose(ly, py.expand_as(ly), atol=1e-6)
+    x = torch.rand(2, 3, 17, 23, generator=gen(grid))
+    assert torch.allclose(apply_warp(x, ident), x, atol=1e-5)
+    img = (x * 255).round().to(torch.uint8)
+    assert torch.equal(apply_warp(img, ident), img)
+
+
+# --------------------------------------------------------------------------- inverse
+
+
+@SETTINGS
+@given(seed=seeds, grid=grids)
+def test_inverse_separable_within_1e_4(seed, grid):
+    w = random_warp(2, grid=grid, rows=1, generator=gen(seed))
+    px, py = points()
+    bx, by = w.inverse_points(*w.forward_points(px, py))
+    assert (bx - px).abs().max() <= 1e-4 and (by - py).abs().max() <= 1e-4
+    fx, fy = w.forward_points(*w.inverse_points(px, py))
+    assert (fx - px).abs().max() <= 1e-4 and (fy - py).abs().max() <= 1e-4
+
+
+@SETTINGS
+@given(seed=seeds, grid=grids, rows=st.integers(2, 9))
+def test_inverse_non_separable_within_1e_3(seed, grid, rows):
+    w = random_warp(1, grid=grid, rows=rows, generator=gen(seed))
+    px, py = points(41)
+    bx, by = w.inverse_points(*w.forward_points(px, py))
+    assert (bx - px).abs().max() <= 1e-3 and (by - py).abs().max() <= 1e-3
+
+
+def test_apply_then_inverse_restores_a_smooth_image():
+    w = random_warp(1, grid=8, rows=3, generator=gen(3))
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 96), torch.linspace(0, 1, 96), indexing="ij")
+    img = torch.stack([torch.sin(4 * xx) + torch.cos(3 * yy), xx * yy])[None]
+    back = apply_warp(apply_warp(img, w), w, inverse=True)
+    assert (back - img)[..., 4:-4, 4:-4].abs().max() < 0.02
+
+
+# --------------------------------------------------------------------------- group laws (separable)
+
+
+@SETTINGS
+@given(a=seeds, b=seeds, grid=grids)
+def test_composition_is_closed_and_exact(a, b, grid):
+    wa = random_warp(1, grid=grid, generator=gen(a))
+    wb = random_warp(1, grid=grid + 3, generator=gen(b))
+    ab = compose(wa, wb)
+    assert ab.separable
+    # merged breakpoints may repeat (zero-width intervals); every real interval increases
+    sx, sy = ab.slopes()
+    wx, wy = torch.diff(ab.xs_x, dim=-1)[:, None], torch.diff(ab.xs_y, dim=-1)[:, None]
+    assert (sx[wx > 1e-6] > 0).all() and (sy[wy > 1e-6] > 0).all()
+    px, py = points(129)
+    cx, cy = ab.forward_points(px, py)
+    ex, ey = wa.forward_points(*wb.forward_points(px, py))
+    assert torch.allclose(cx, ex, atol=1e-5) and torch.allclose(cy, ey, atol=1e-5)
+    # the inverse is a warp too, and w^-1 o w is the identity
+    ix, iy = compose(wa.inverse(), wa).forward_points(px, py)
+    assert torch.allclose(ix, px, atol=1e-5) and torch.allclose(iy, py, atol=1e-5)
+
+
+@SETTINGS
+@given(a=seeds, b=seeds, c=seeds)
+def test_composition_is_associative(a, b, c):
+    wa, wb, wc = (random_warp(1, grid=g, generator=gen(s)) for g, s in ((4, a), (8, b), (5, c)))
+    left, right = compose(compose(wa, wb), wc), compose(wa, compose(wb, wc))
+    px, py = points(129)
+    lx, ly = left.forward_points(px, py)
+    rx, ry = right.forward_points(px, py)
+    assert torch.allclose(lx, rx, atol=1e-5) and torch.allclose(ly, ry, atol=1e-5)
+
+
+def test_group_operations_refuse_non_separable_warps():
+    w = random_warp(1, rows=3, generator=gen(0))
+    with pytest.raises(ValueError, match="separable"):
+        w.inverse()
+    with pytest.raises(ValueError, match="separable"):
+        compose(w, w)
+
+
+# --------------------------------------------------------------------------- strength and folds
+
+
+@SETTINGS
+@given(seed=seeds, grid=grids, rows=st.integers(1, 6),
+       lo=st.floats(0.2, 1.0), hi=st.floats(1.0, 4.0))
+def test_slopes_stay_in_the_requested_range(seed, grid, rows, lo, hi):
+    w = random_warp(2, grid=grid, rows=rows, scale_range=(lo, hi), generator=gen(seed))
+    for s in w.slopes():
+        assert s.min() >= lo * (1 - 1e-4) and s.max() <= hi * (1 + 1e-4)
+    assert torch.all(w.knots_x[..., 0] == 0) and torch.all(w.knots_x[..., -1] == 1)
+
+
+@SETTINGS
+@given(seed=seeds, grid=grids, rows=st.integers(1, 9))
+def test_random_warps_never_fold(seed, grid, rows):
+    w = random_warp(1, grid=grid, rows=rows, scale_range=DEFAULT_SCALE_RANGE, generator=gen(seed))
+    assert jacobian_determinant(w.to(torch.float64), n=97).min() > 0
+
+
+def test_scale_range_parsing():
+    assert parse_scale_range("0.75,1.33") == (0.75, 1.33)
+    for bad in ("1.2,1.5", "0,2", "abc", "0.5"):
+        with pytest.raises(ValueError):
+            parse_scale_range(bad)
+
+
+def test_keyed_warps_depend_only_on_seed_and_key():
+    a, b = keyed_warp(7, "cats/a.png"), keyed_warp(7, "cats/a.png")
+    assert torch.equal(a.knots_x, b.knots_x) and torch.equal(a.knots_y, b.knots_y)
+    assert not torch.equal(a.knots_x, keyed_warp(7, "cats/b.png").knots_x)
+    assert not torch.equal(a.knots_x, keyed_warp(8, "cats/a.png").knots_x)
+
+
+# --------------------------------------------------------------------------- zoom
+
+
+@pytest.mark.parametrize("z", [0.5, 0.6, 0.7, 0.8, 0.9, 1.1, 1.25, 1.4, 1.6, 1.7, 1.8])
+def test_zoom_is_fold_free_and_magnifies_by_z_at_the_centre(z):
+    w = zoom_warp(z, radius=0.25)
+    assert jacobian_determinant(w.to(torch.float64), n=257).min() > 0
+    # local scale factor at the centre, both axes, by a central difference of l
+    h = 1e-3
+    c = torch.tensor([[0.5 - h, 0.5 + h]], dtype=torch.float32)
+    lx, _ = w.forward_points(c, torch.full_like(c, 0.5))
+    _, ly = w.forward_points(torch.full_like(c, 0.5), c)
+    assert (lx[0, 1] - lx[0, 0]) / (2 * h) == pytest.approx(z, rel=0.02)
+    assert (ly[0, 1] - ly[0, 0]) / (2 * h) == pytest.approx(z, rel=0.02)
+    # outside the zoomed neighbourhood a mild zoom leaves the image alone
+    if 0.8 <= z <= 1.25:
+        corner = torch.tensor([[0.02]])
+        assert w.forward_points(corner, corner)[0].item() == pytest.approx(0.02, abs=2e-3)
+
+
+@pytest.mark.parametrize("size,center", [((120, 200), (0.3, 0.4)), ((300, 160), (0.7, 0.25))])
+def test_zoom_off_centre_and_non_square_is_fold_free(size, center):
+    for z in (0.5, 1.8):
+        w = zoom_warp(z, radius=0.25, size=size, center=center)
+        assert jacobian_determinant(w.to(torch.float64), n=257).min() > 0
+
+
+def test_zoom_of_one_is_the_identity_and_bad_factors_are_refused():
+    w = zoom_warp(1.0)
+    assert torch.allclose(w.knots_x, Warp.identity(1, grid=64, rows=17).knots_x, atol=1e-7)
+    with pytest.raises(ValueError):
+        zoom_warp(0.0)
+    with pytest.raises(ValueError, match="no room"):
+        zoom_warp(2.5, radius=0.25)
+
+
+# --------------------------------------------------------------------------- application
+
+
+def test_fast_separable_grid_matches_the_general_path():
+    w = random_warp(2, grid=8, generator=gen(5))
+    # the same maps as 2 identical control rows take the non-separable code path
+    w2 = Warp(w.xs_x, w.ys_x.repeat(1, 2, 1), w.xs_y, w.ys_y.repeat(1, 2, 1))
+    for inverse in (False, True):
+        g1 = sampling_grid(w, 37, 53, inverse=inverse)
+        g2 = sampling_grid(w2, 37, 53, inverse=inverse)
+        assert g1.shape == (2, 37, 53, 2)
+        assert torch.allclose(g1, g2, atol=1e-5)
+    # gradients flow through the grid (DEC learns warps)
+    theta = torch.zeros(1, 1, 8, requires_grad=True)
+    g = sampling_grid(Warp.from_logits(theta, theta * 2), 9, 11)
+    assert g.shape == (1, 9, 11, 2)
+    assert torch.allclose(g.detach(), sampling_grid(Warp.from_logits(theta.detach(), theta.detach() * 2), 9, 11))
+    g.square().sum().backward()
+    assert theta.grad is not None and torch.isfinite(theta.grad).all()
+
+
+def test_dtypes_layouts_and_masks():
+    w = random_warp(1, grid=6, rows=2, generator=gen(11))
+    img16 = torch.randint(0, 65535, (1, 1, 20, 30), dtype=torch.int32).to(torch.uint16)
+    assert apply_warp(img16, w).dtype == torch.uint16
+    img8 = torch.randint(0, 255, (3, 20, 30), dtype=torch.uint8)
+    assert apply_warp(img8, w).dtype == torch.uint8 and apply_warp(img8, w).shape == (3, 20, 30)
+    x = torch.rand(1, 4, 6, 6)
+    nhwc = apply_warp(x.permute(0, 2, 3, 1), w, layout="nhwc")
+    assert torch.allclose(nhwc.permute(0, 3, 1, 2), apply_warp(x, w), atol=1e-6)
+    tokens = torch.cat([torch.full((1, 2, 4), 7.0), x.flatten(2).transpose(1, 2)], dim=1)
+    out = apply_warp(tokens, w, layout="tokens", prefix_tokens=2)
+    assert torch.equal(out[:, :2], tokens[:, :2])
+    assert torch.allclose(out[:, 2:], apply_warp(x, w).flatten(2).transpose(1, 2), atol=1e-6)
+    mask = torch.randint(0, 4, (1, 1, 16, 16)).float() * 10
+    warped = apply_warp(mask, w, mode="nearest")
+    assert set(warped.unique().tolist()) <= {0.0, 10.0, 20.0, 30.0}
+    assert math.isclose(float(apply_warp(torch.ones(1, 1, 5, 5), w).min()), 1.0, rel_tol=1e-6)
