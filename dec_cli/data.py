@@ -255,8 +255,15 @@ def collate_skip(items: Iterable[tuple]) -> Batch:
 
 
 def data_config(model: Any, img_size: Optional[int] = None) -> dict[str, Any]:
-    """timm's evaluation data config for ``model``; ``img_size`` overrides the input size."""
+    """timm's evaluation data config for ``model``; ``img_size`` overrides the input size.
+
+    Without ``img_size`` the size a checkpoint was trained at (``dec_info["img_size"]``)
+    wins over timm's default: convolutional nets accept any size, so timm cannot know it.
+    """
     from timm.data import resolve_data_config
+
+    if img_size is None:
+        img_size = (getattr(model, "dec_info", None) or {}).get("img_size")
 
     cfg = dict(resolve_data_config(model=model))
     chans = input_channels(model)

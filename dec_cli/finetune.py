@@ -278,6 +278,8 @@ def prepare_model(ckpt: str, classes: list[str], cfg: FinetuneConfig) -> tuple[n
         if isinstance(kwargs, dict) and "num_classes" in kwargs:
             kwargs["num_classes"] = n
     info["class_names"] = list(classes)
+    if cfg.img_size is not None:
+        info["img_size"] = int(cfg.img_size)  # checkpoints remember their input size for evaluate
     if not hasattr(model, "num_classes") or model.num_classes != n:
         try:
             model.num_classes = n
