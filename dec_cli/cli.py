@@ -81,6 +81,601 @@ def fail(message: str, hint: Optional[str] = None, code: int = EXIT_USAGE) -> No
     raise err
 
 
+# --------------------------------------------------------------------------- dec digits
+
+
+@app.command("digits")
+def digits_cmd(
+    src: str = typer.Argument(..., metavar="SRC.npz", help="MNIST-style npz: 'images' uint8 N x 28 x 28, 'labels' 0-9."),
+    dst: str = typer.Argument(..., metavar="DST", help="Output folder (train/, val/, test/, test-zoom/)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the composites (the source-digit split never changes)."),
+    n_train: int = typer.Option(3000, "--n-train", help="Training composites."),
+    n_val: int = typer.Option(300, "--n-val", help="Validation composites."),
+    n_test: int = typer.Option(500, "--n-test", help="Test composites (each also rendered at every --zoom factor)."),
+    digits: int = typer.Option(2, "--digits", help="Digits per composite: 2 (side by side) or 3 (2 x 2 grid)."),
+    cell: int = typer.Option(32, "--cell", metavar="PX", help="Cell side in pixels; the image is 2 cells wide."),
+    scale_range: str = typer.Option("0.6,1.6", "--scale-range", metavar="LO,HI",
+                                    help="Range of each digit's own scale factor (log-uniform)."),
+    zoom: str = typer.Option("0.6,0.8,1,1.25,1.6", "--zoom", metavar="Z1,Z2,...",
+                             help="Factors of the test-zoom sweep (every digit at the factor)."),
+    classes: int = typer.Option(20, "--classes", help="Number of digit combinations used as classes (2-100)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing DST."),
+    json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write a JSON summary."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or table."),
+) -> None:
+    """Build the locally scaled digits benchmark: each digit of a composite at its own scale.
+
+    Example: dec digits dec_cli/data/mnist-8k.npz digits --seed 0 --n-train 3000
+    """
+    from rich.table import Table
+
+    from dec_cli.digits import DigitsConfig, build_digits, parse_zoom
+    from dec_cli.errors import UsageError
+    from dec_cli.warp import parse_scale_range
+
+    try:
+        lo_hi = parse_scale_range(scale_range)
+    except ValueError as exc:
+        raise UsageError(str(exc), "for example --scale-range 0.6,1.6") from None
+    config = DigitsConfig(seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, digits=digits, cell=cell,
+                          scale_range=lo_hi, zoom=parse_zoom(zoom), classes=classes)
+    console = console_for(json_dest, quiet)
+    with progress_bar(console, quiet) as bar:
+        task = bar.add_task("composites", total=None)
+        result = build_digits(src, dst, config, overwrite=overwrite,
+                              progress=lambda done, total: bar.update(task, completed=done, total=total))
+    table = Table(title=f"digits benchmark in {dst}")
+    for col in ("split", "images", "classes", "size"):
+        table.add_column(col)
+    for split, n in result.counts.items():
+        table.add_row(split, str(n), str(len(result.class_names)), f"{result.image_size}x{result.image_size}")
+    table.add_row("test-zoom", str(result.zoom_files), str(len(result.class_names)),
+                  f"x{len(config.zoom)} factors")
+    console.print(table)
+    emit_json(result.to_json(), json_dest)
+
+
+# --------------------------------------------------------------------------- dec evaluate
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    models: Optional[list[str]] = typer.Argument(None, metavar="MODEL",
+                                                 help="DEC checkpoints (.safetensors) or timm model names. "
+                                                      "None and no --data: the bundled demo."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="DIR", help="ImageFolder tree (one subfolder per "
+                                       "class); a 'dec warp --zoom' tree is reported per zoom factor."),
+    weights: Optional[list[str]] = typer.Option(None, "--weights", metavar="FILE",
+                                                help="Weights for a timm-name MODEL (repeatable: the i-th goes "
+                                                     "to the i-th timm name)."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="timm's pretrained weights for timm names (online)."),
+    class_map: Optional[str] = typer.Option(None, "--class-map", metavar="FILE",
+                                            help="Class names in model output order (one per line, or JSON)."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", metavar="PX", help="Override the input size."),
+    warps: Optional[int] = typer.Option(None, "--warps", metavar="K",
+                                        help="Random warps per image (default 4; 0 on a zoom sweep)."),
+    scale_range: str = typer.Option("0.75,1.33", "--scale-range", metavar="LO,HI",
+                                    help="Range of local scale factors of the random warps."),
+    grid: int = typer.Option(8, "--grid", help="Warp intervals per axis."),
+    rows: int = typer.Option(1, "--rows", help="Warp control rows (1: separable; more: more local)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random warps (per image, by relative path)."),
+    json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write the JSON report."),
+    markdown: Optional[str] = typer.Option(None, "--markdown", metavar="PATH", help="Write a Markdown report."),
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="PATH.png",
+                                       help="Plot accuracy and consistency against zoom or warp strength."),
+    fail_if: Optional[list[str]] = typer.Option(None, "--fail-if", metavar="EXPR",
+                                                help="Exit 1 when a rule holds, e.g. 'top1<0.70' (repeatable)."),
+    limit: Optional[int] = typer.Option(None, "--limit", metavar="N", help="Evaluate the first N images only."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    amp: bool = typer.Option(False, "--amp", help="bfloat16 autocast."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA graphs on GPU)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
+) -> None:
+    """Accuracy and local-scale consistency of one or more models, side by side.
+
+    Example: dec evaluate model.safetensors resnet18 --weights r18.pth --data val-zoom --fail-if "top1<0.7"
+    """
+    from pathlib import Path
+
+    from dec_cli import distributed as D
+    from dec_cli.errors import DecError, UsageError
+    from dec_cli.evaluate import EvalSettings, ModelSpec, evaluate
+    from dec_cli.metrics import parse_fail_if
+    from dec_cli.report import check_writable, failure_message, render_tables, write_outputs
+    from dec_cli.warp import parse_scale_range
+
+    thresholds = [parse_fail_if(expr) for expr in (fail_if or [])]
+    try:
+        lo_hi = parse_scale_range(scale_range)
+    except ValueError as exc:
+        raise UsageError(str(exc), "for example --scale-range 0.75,1.33") from None
+    if plot is not None and not plot.lower().endswith(".png"):
+        raise UsageError(f"--plot writes PNG; {plot!r} does not end in .png", "for example --plot report.png")
+    for path, option in ((json_dest, "--json"), (markdown, "--markdown"), (plot, "--plot")):
+        check_writable(path, option)
+    models = list(models or [])
+    demo = False
+    if not models and data is None:
+        try:
+            from dec_cli.demo import demo_inputs
+        except ImportError:
+            raise DecError("the bundled demo is not available in this installation",
+                           "pass MODEL... and --data DIR") from None
+        demo_models, demo_root = demo_inputs()
+        models = [str(p) for p in demo_models]
+        zoom_dir = Path(demo_root) / "test-zoom"
+        data = str(zoom_dir if zoom_dir.is_dir() else demo_root)
+        # The demo shows random-warp metrics beside the zoom sweep.
+        warps = 4 if warps is None else warps
+        demo = True
+    elif not models:
+        raise UsageError("no MODEL given", "pass DEC checkpoints or timm names before --data")
+    elif data is None:
+        raise UsageError("no --data DIR given", "pass --data DIR with one subfolder per class")
+    names = [m for m in models if not Path(m).is_file()]
+    weights = list(weights or [])
+    if len(weights) > len(names):
+        raise UsageError(f"{len(weights)} --weights file(s) but only {len(names)} timm-name MODEL(s)",
+                         "checkpoints carry their own weights; give one --weights per timm name")
+    given = dict(zip(names, weights))
+    specs = [ModelSpec(m, weights=given.get(m) if m in names else None, pretrained=pretrained) for m in models]
+    settings = EvalSettings(warps=warps, scale_range=lo_hi, grid=grid, rows=rows, seed=seed, img_size=img_size,
+                            limit=limit, batch_size=batch_size, workers=workers, device=device, amp=amp,
+                            compile=compile_, class_map=class_map)
+    info = D.init_distributed(device)
+    try:
+        quiet_here = quiet or not info.is_main
+        console = console_for(json_dest, quiet_here)
+        with progress_bar(console, quiet_here) as bar:
+            tasks: dict[str, Any] = {}
+
+            def on_progress(name: str, done: int, total: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=total)
+                bar.update(tasks[name], completed=done, total=total)
+
+            report = evaluate(specs, data, settings, thresholds=thresholds, progress=on_progress)
+        if info.is_main:
+            render_tables(report, console)
+            emit_json(report.to_dict(), json_dest)
+            for path in write_outputs(report, markdown=markdown, plot=plot):
+                console.print(f"wrote {path}", markup=False)
+            if demo:
+                console.print("This was the bundled digits demo. On your own model and data:\n"
+                              "  dec warp VAL_DIR VAL_ZOOM --zoom 0.7,0.8,0.9,1,1.1,1.2,1.3\n"
+                              "  dec evaluate MODEL.safetensors resnet50 --weights r50.pth --data VAL_ZOOM --warps 4",
+                              markup=False)
+        if report.failed:
+            raise DecError(failure_message(report.failed), "the model is below the --fail-if threshold(s)")
+    finally:
+        D.cleanup()
+
+
+# --------------------------------------------------------------------------- dec finetune
+
+
+@app.command("finetune")
+def finetune_cmd(
+    ctx: typer.Context,
+    ckpt: str = typer.Argument(..., metavar="CKPT", help="DEC checkpoint (.safetensors) or a plain timm model name."),
+    data: str = typer.Argument(..., metavar="DATA", help="Folder with train/ and val/ ImageFolder trees."),
+    out_dir: str = typer.Option(..., "--out", "-o", metavar="OUT_DIR", help="Run folder: metrics.csv, last/best.safetensors, state.pt."),
+    epochs: int = typer.Option(10, "--epochs", help="Epochs in the whole run."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per step and process."),
+    lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate of the backbone (and of a new head)."),
+    dec_lr: float = typer.Option(1e-3, "--dec-lr", help="Peak learning rate of the DEC modules."),
+    weight_decay: float = typer.Option(0.05, "--weight-decay", help="AdamW weight decay (not on biases and norms)."),
+    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", help="Linear warmup before the cosine decay (at most a quarter of the run)."),
+    dec_warmup_epochs: int = typer.Option(0, "--dec-warmup-epochs", help="Train the DEC alone for this many epochs first, backbone frozen."),
+    freeze_backbone: bool = typer.Option(False, "--freeze-backbone/--no-freeze-backbone", help="Train only the DEC (and a new head)."),
+    eq_weight: float = typer.Option(0.0, "--eq-weight", help="Weight of the invariance loss between f(x) and f(S x), S a random warp."),
+    aug_prob: float = typer.Option(0.0, "--aug-prob", help="Probability that a training batch is replaced by warped copies."),
+    scale_range: str = typer.Option("0.75,1.33", "--scale-range", metavar="LO,HI", help="Local scale factors of the random warps."),
+    grid: int = typer.Option(8, "--grid", help="Warp intervals per axis."),
+    rows: int = typer.Option(1, "--rows", help="Warp control rows (1 = separable)."),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing of the cross-entropy."),
+    clip_grad: float = typer.Option(1.0, "--clip-grad", help="Clip the gradient norm to this (0 = off)."),
+    amp: bool = typer.Option(False, "--amp/--no-amp", help="bf16 autocast (meant for GPUs)."),
+    compile_: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model."),
+    workers: int = typer.Option(0, "--workers", help="Data-loading worker processes."),
+    seed: int = typer.Option(0, "--seed", help="Seed of data order, warps and a new head."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input size (default: the model's)."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Train a new head with this many classes."),
+    val: Optional[str] = typer.Option(None, "--val", metavar="DIR", help="Validation tree (default DATA/val)."),
+    weights: Optional[str] = typer.Option(None, "--weights", metavar="FILE", help="Local weights for a timm model name."),
+    pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="timm hub weights for a timm model name."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT_DIR from its last completed epoch."),
+    config: Optional[str] = typer.Option(None, "--config", metavar="FILE.yaml", help="Options from YAML; the command line wins."),
+    json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write a JSON summary."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or per-epoch lines."),
+) -> None:
+    """Fine-tune backbone and DEC (or a plain timm model) on an ImageFolder dataset; resumable, torchrun-ready.
+
+    Example: dec finetune dec_vit.safetensors digits -o runs/dec --epochs 5 --aug-prob 0.5
+    """
+    import os
+    import shlex
+
+    from dec_cli.config import read_config
+    from dec_cli.finetune import FinetuneConfig, finetune
+
+    names = FinetuneConfig.option_names()
+    values = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "dec_lr": dec_lr, "weight_decay": weight_decay,
+              "warmup_epochs": warmup_epochs, "dec_warmup_epochs": dec_warmup_epochs,
+              "freeze_backbone": freeze_backbone, "eq_weight": eq_weight, "aug_prob": aug_prob,
+              "scale_range": scale_range, "grid": grid, "rows": rows, "label_smoothing": label_smoothing,
+              "clip_grad": clip_grad, "amp": amp, "compile": compile_, "workers": workers, "seed": seed,
+              "device": device, "img_size": img_size, "num_classes": num_classes, "val": val, "weights": weights,
+              "pretrained": pretrained}
+    assert set(values) == set(names)
+    param = {"compile": "compile_"}
+    typed = {k: v for k, v in values.items()
+             if getattr(ctx.get_parameter_source(param.get(k, k)), "name", "") == "COMMANDLINE"}
+    from_file = read_config(config, names) if config else {}
+    options = {**from_file, **typed}
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    quiet = quiet or not main_rank
+    console = console_for(json_dest, quiet)
+    fields = TextColumn("{task.fields[stats]}")
+
+    def stats(loss: float, acc: float, ips: float) -> str:
+        return f"loss {loss:.4f}  acc {acc:.3f}  {ips:.1f} img/s"
+
+    bar = progress_bar(console, quiet, fields)
+    tasks: dict[str, Any] = {}
+
+    def on_event(kind: str, ev: dict) -> None:
+        if kind == "start":
+            what = "resuming" if ev["resumed"] else "fine-tuning"
+            console.print(f"{what} {ckpt} ({'DEC' if ev['dec'] else 'no DEC'}{', new head' if ev['new_head'] else ''})"
+                          f" on {ev['train_images']} train / {ev['val_images']} val images, "
+                          f"{len(ev['classes'])} classes, {ev['device']} x{ev['world_size']}, "
+                          f"epochs {ev['start_epoch']}..{ev['epochs']}", soft_wrap=True)
+            bar.start()
+            tasks["run"] = bar.add_task("run", total=ev["epochs"], completed=ev["start_epoch"] - 1, stats="")
+        elif kind == "epoch_start":
+            tasks["epoch"] = bar.add_task(f"epoch {ev['epoch']}/{ev['epochs']}", total=ev["steps"], stats="")
+        elif kind == "step":
+            bar.update(tasks["epoch"], completed=ev["step"], stats=stats(ev["loss"], ev["acc"], ev["images_per_s"]))
+        elif kind == "epoch_end":
+            row = ev["row"]
+            bar.remove_task(tasks.pop("epoch"))
+            bar.update(tasks["run"], advance=1, stats=stats(row["train_loss"], row["train_acc"], row["images_per_s"]))
+            console.print(f"epoch {row['epoch']}/{ev['epochs']}  train loss {row['train_loss']:.4f} "
+                          f"acc {row['train_acc']:.3f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} "
+                          f"consistency {row['val_consistency']:.3f}  {row['images_per_s']:.1f} img/s"
+                          + ("  (best)" if ev["best"] else ""), soft_wrap=True)
+
+    words = ["dec", "finetune", ckpt, data, "-o", out_dir]
+    for key, value in typed.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            words += [flag, str(value)]
+    words += (["--config", config] if config else []) + (["--resume"] if resume else [])
+    command = " ".join(shlex.quote(str(w)) for w in words)
+    try:
+        summary = finetune(ckpt, data, out_dir, options, resume=resume, command=command, on_event=on_event)
+    finally:
+        bar.stop()
+    if not main_rank:
+        return
+    if summary["epochs_run"] == 0:
+        console.print(f"nothing to do: all {summary['epochs']} epochs of {out_dir} are done", soft_wrap=True)
+    for item in summary["bad_files"]:
+        console.print(f"skipped unreadable {item['path']}: {item['reason']}", markup=False, soft_wrap=True)
+    console.print(f"best val acc {summary['best_val_acc']:.3f} at epoch {summary['best_epoch']}; "
+                  f"checkpoints in {out_dir} (last.safetensors, best.safetensors), metrics in metrics.csv",
+                  soft_wrap=True)
+    emit_json(summary, json_dest)
+
+
+# --------------------------------------------------------------------------- dec retrofit / info / models
+
+
+def _fmt_count(n: Any) -> str:
+    return f"{int(n):,}" if isinstance(n, (int, float)) else "-"
+
+
+def _points_table(title: str, points: list[dict]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in ("insertion point", "layout", "feature shape", "prefix tokens", "in channels"):
+        table.add_column(col)
+    for p in points:
+        shape = "x".join(str(d) for d in (p.get("shape") or [])) or "-"
+        table.add_row(p["path"], p["layout"], shape, str(p.get("prefix_tokens", 0)), str(p.get("in_channels", "-")))
+    return table
+
+
+@app.command("retrofit")
+def retrofit_cmd(
+    model: str = typer.Argument(..., metavar="MODEL", help="timm model name, e.g. vit_small_patch16_224."),
+    output: str = typer.Option(..., "--output", "-o", metavar="OUT.safetensors", help="Checkpoint to write."),
+    weights: Optional[str] = typer.Option(None, "--weights", metavar="FILE",
+                                          help="Local weights (.safetensors, or a weights-only .pth/.bin state dict)."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
+                                              help="timm hub weights (default: on unless --weights is given)."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="Classifier outputs (new head)."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", min=8, help="Input size of the backbone."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", metavar="NAME|FILE", help="Recipe (default: matched by name)."),
+    at: Optional[str] = typer.Option(None, "--at", metavar="PATH[,PATH...]", help="Insertion points (timm module paths)."),
+    mode: Optional[str] = typer.Option(None, "--mode", metavar="canonicalize|equivariant", help="DEC mode."),
+    grid: Optional[int] = typer.Option(None, "--grid", min=1, help="Warp intervals per axis (G)."),
+    rows: Optional[int] = typer.Option(None, "--rows", min=1, help="Warp control rows (R; 1 = separable)."),
+    iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Fixed-point iterations (T)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the DEC (and any new head) initialisation."),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
+    json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write a JSON summary."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table."),
+) -> None:
+    """Insert DEC canonicalizers into a timm backbone and save a single-file checkpoint.
+
+    At init the DEC is the identity warp: the checkpoint computes what the backbone computed.
+
+    Example: dec retrofit vit_small_patch16_224 --weights vit_s.safetensors -o dec_vit_s.safetensors
+    """
+    import shlex
+    from pathlib import Path
+
+    if not output.lower().endswith(".safetensors"):
+        fail(f"output {output} must end in .safetensors", "name it like OUT.safetensors")
+    if Path(output).exists() and not force:
+        fail(f"{output} exists", "pass --force to overwrite it, or choose another -o")
+    if mode is not None and mode not in ("canonicalize", "equivariant"):
+        fail(f"--mode must be canonicalize or equivariant, not {mode!r}")
+    if weights is not None and pretrained:
+        fail("--weights and --pretrained exclude each other", "use --weights FILE offline, --pretrained online")
+    use_pretrained = pretrained if pretrained is not None else weights is None
+
+    import torch
+
+    from dec_cli.checkpoint import create_backbone, save_model
+    from dec_cli.retrofit import backbone_parameters, count_parameters, dec_parameters, insertion_table, retrofit
+
+    torch.manual_seed(seed)
+    net = create_backbone(model, weights=weights, pretrained=use_pretrained, num_classes=num_classes,
+                          img_size=img_size)
+    retrofit(net, recipe=recipe, at=at, mode=mode, grid=grid, rows=rows, iters=iters, img_size=img_size)
+    argv = sys.argv[1:] if "retrofit" in sys.argv[1:] else ["retrofit", model, "-o", output]
+    options = {"recipe": recipe, "at": at, "mode": mode, "grid": grid, "rows": rows, "iters": iters,
+               "img_size": img_size, "num_classes": num_classes}
+    save_model(net, output, command="dec " + " ".join(shlex.quote(a) for a in argv), seed=seed,
+               weights=weights if weights else ("pretrained" if use_pretrained else "random"),
+               options={k: v for k, v in options.items() if v is not None})
+    info = net.dec_info
+    rec = info["recipe"]
+    n_bb, n_dec = count_parameters(backbone_parameters(net)), count_parameters(dec_parameters(net))
+    summary = {"model": model, "output": output, "recipe": rec["name"], "mode": rec["mode"],
+               "num_classes": info["num_classes"], "dec_settings": rec["dec"], "points": rec["points"],
+               "layers": insertion_table(net),
+               "parameters": {"backbone": n_bb, "dec": n_dec, "dec_fraction": n_dec / max(n_bb, 1)}}
+    console = console_for(json_dest, quiet)
+    console.print(_points_table(f"{model}: recipe {rec['name']}, mode {rec['mode']}", rec["points"]))
+    s = rec["dec"]
+    console.print(f"DEC: grid {s['grid']}, rows {s['rows']}, iters {s['iters']}, channels {s['channels']}, "
+                  f"hidden {s['hidden']}, damping {s['damping']}, grad steps {s['grad_steps']}")
+    console.print(f"parameters: DEC {_fmt_count(n_dec)} vs backbone {_fmt_count(n_bb)} "
+                  f"({100 * n_dec / max(n_bb, 1):.3f}%)")
+    console.print(f"wrote {output}", markup=False)
+    emit_json(summary, json_dest)
+
+
+@app.command("info")
+def info_cmd(
+    ckpt: str = typer.Argument(..., metavar="CKPT", help="A dec checkpoint (.safetensors)."),
+    json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write the summary as JSON."),
+) -> None:
+    """Show what a checkpoint holds: backbone, classes, insertion points, DEC settings, provenance.
+
+    Example: dec info dec_vit_s.safetensors --json -
+    """
+    from rich.table import Table
+
+    from dec_cli.checkpoint import checkpoint_summary
+
+    s = checkpoint_summary(ckpt)
+    console = console_for(json_dest)
+    table = Table(title=ckpt, title_justify="left", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    names = s["class_names"]
+    classes = (", ".join(names[:10]) + (f" ... ({len(names)} in all)" if len(names) > 10 else "")) if names else "-"
+    table.add_row("backbone", s["model_name"])
+    if s["model_kwargs"]:
+        table.add_row("model kwargs", ", ".join(f"{k}={v}" for k, v in s["model_kwargs"].items()))
+    table.add_row("classes", f"{s['num_classes']}: {classes}")
+    table.add_row("DEC", f"recipe {s['recipe']}, mode {s['mode']}" if s["dec"] else "none (plain backbone)")
+    if s["dec_settings"]:
+        table.add_row("DEC settings", ", ".join(f"{k} {v}" for k, v in s["dec_settings"].items()))
+    p = s["parameters"]
+    table.add_row("parameters", f"backbone {_fmt_count(p.get('backbone'))}, DEC {_fmt_count(p.get('dec'))}")
+    table.add_row("format version", str(s["format_version"]))
+    for key, value in s["provenance"].items():
+        text = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+        table.add_row(f"provenance: {key}", text)
+    console.print(table)
+    if s["insertion_points"]:
+        console.print(_points_table("insertion points", s["insertion_points"]))
+    emit_json(s, json_dest)
+
+
+@app.command("models")
+def models_cmd(
+    json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write the recipes as JSON."),
+) -> None:
+    """List the built-in retrofit recipes and the timm model name patterns they cover.
+
+    Example: dec models --json -
+    """
+    import timm
+    from rich.table import Table
+
+    from dec_cli.retrofit import builtin_recipes
+
+    rows = []
+    for r in builtin_recipes():
+        d = r.to_dict()
+        d["covered_models"] = len(timm.list_models([p for p in r.patterns]))
+        rows.append(d)
+    console = console_for(json_dest)
+    table = Table(title="retrofit recipes (dec_cli/models/*.yaml)", title_justify="left")
+    for col in ("recipe", "timm names", "layout", "default at", "mode", "timm models"):
+        table.add_column(col)
+    for d in rows:
+        table.add_row(d["name"], " ".join(d["patterns"]), d["layout"], ",".join(d["at"]), d["mode"],
+                      str(d["covered_models"]))
+    console.print(table)
+    emit_json({"recipes": rows}, json_dest)
+
+
+# --------------------------------------------------------------------------- dec warp / dec unwarp
+
+
+def _floats(text: Optional[str], option: str, example: str, count: Optional[int] = None) -> Optional[tuple]:
+    """Parse ``a,b,...`` into floats, or fail with a usage error naming the option."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or (count is not None and len(values) != count):
+        fail(f"{option} expects {'X,Y' if count == 2 else 'comma-separated numbers'}; got {text!r}",
+             f"for example {option} {example}")
+    return values
+
+
+def _tree_report(console: Console, summary: Any, json_dest: Optional[str]) -> None:
+    """Summary table, list of bad files, JSON; shared by warp and unwarp."""
+    from rich.table import Table
+
+    table = Table(title=f"dec {summary.command}: {summary.src} -> {summary.dst}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows = [("source files" if summary.command == "warp" else "manifest entries", summary.files),
+            ("outputs written", summary.written), ("already there (resumed)", summary.skipped_existing)]
+    if summary.masks:
+        rows.append(("masks written", summary.masks))
+    rows += [("bad files", len(summary.bad)), ("workers", summary.workers),
+             ("seconds", f"{summary.seconds:.2f}"), ("files/s", f"{summary.files_per_s:.1f}")]
+    if summary.manifest:
+        rows.append(("manifest", summary.manifest))
+    for key, value in rows:
+        table.add_row(key, str(value))
+    console.print(table)
+    if summary.bad:
+        # Listed even under --quiet: they are what the exit code is about.
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        err.print(f"{len(summary.bad)} bad file(s), not written:", markup=False)
+        for item in summary.bad:
+            err.print(f"  {item['path']}: {item['reason']}", markup=False)
+    emit_json(summary.to_json(), json_dest)
+
+
+def _run_tree_job(job: Any, console: Console, quiet: bool, **kwargs: Any) -> Any:
+    """Run a tree job with a Rich progress bar showing files/s."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class FilesPerSecond(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("-- files/s" if speed is None else f"{speed:.1f} files/s")
+
+    with progress_bar(console, quiet, FilesPerSecond()) as bar:
+        task = bar.add_task("files", total=None)
+        return job(on_start=lambda n: bar.update(task, total=n),
+                   on_progress=lambda k: bar.advance(task, k), **kwargs)
+
+
+@app.command("warp")
+def warp_cmd(
+    src: str = typer.Argument(..., metavar="SRC", help="Folder of images (walked recursively)."),
+    dst: str = typer.Argument(..., metavar="DST", help="Output folder: same relative tree, plus manifest.jsonl."),
+    seed: int = typer.Option(0, "--seed", help="Seed; a file's warp depends only on it, its path and copy index."),
+    scale_range: str = typer.Option("0.75,1.33", "--scale-range", metavar="LO,HI",
+                                    help="Strength: every local scale factor lies in [LO, HI]."),
+    grid: int = typer.Option(8, "--grid", help="Intervals per axis of the piecewise-linear warp."),
+    rows: int = typer.Option(1, "--rows", help="Control rows/columns (1 = separable, exactly invertible)."),
+    copies: int = typer.Option(1, "--copies", metavar="K", help="Warped copies per image (name.w{i}.ext, i from 0)."),
+    zoom: Optional[str] = typer.Option(None, "--zoom", metavar="Z1,Z2,...",
+                                       help="Zoom sweep instead of random warps: one output name.z{Z}.ext per factor."),
+    center: Optional[str] = typer.Option(None, "--center", metavar="X,Y",
+                                         help="Zoom centre in [0,1] coordinates (default the image centre)."),
+    radius: float = typer.Option(0.25, "--radius", metavar="R", help="Zoom disc radius, a fraction of the short side."),
+    masks: Optional[str] = typer.Option(None, "--masks", metavar="DIR",
+                                        help="Masks named like the images; warped with nearest sampling into DST/masks/."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Worker processes (outputs are identical for any number)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    resume: bool = typer.Option(False, "--resume", help="Finish an interrupted job, keeping the outputs in place."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Exit 0 even if some images cannot be decoded."),
+    json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write a JSON summary."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+) -> None:
+    """Warp every image of SRC with a random monotone (locally scaling) warp, or sweep a local zoom.
+
+    Example: dec warp photos/ warped/ --seed 1 --scale-range 0.8,1.25 --copies 3
+
+    Zoom sweep: dec warp photos/ zoomed/ --zoom 0.8,0.9,1,1.1,1.25 --radius 0.25
+    """
+    from dec_cli.folderwarp import WarpSettings, run_warp
+    from dec_cli.warp import parse_scale_range
+
+    try:
+        lo_hi = parse_scale_range(scale_range)
+    except ValueError as exc:
+        fail(str(exc), "for example --scale-range 0.75,1.33")
+    zooms = _floats(zoom, "--zoom", "0.8,1,1.25")
+    centre = _floats(center, "--center", "0.5,0.5", count=2)
+    if centre is not None and zooms is None:
+        fail("--center applies to --zoom sweeps only", "add --zoom Z1,Z2,...")
+    settings = WarpSettings(seed=seed, scale_range=lo_hi, grid=grid, rows=rows, copies=copies,
+                            zooms=zooms, center=centre, radius=radius)
+    if zooms is not None and copies != 1:
+        fail("--copies and --zoom exclude each other", "a zoom sweep makes one output per factor")
+    console = console_for(json_dest, quiet)
+    summary = _run_tree_job(run_warp, console, quiet, src=src, dst=dst, settings=settings, masks=masks,
+                            workers=workers, overwrite=overwrite, resume=resume)
+    _tree_report(console, summary, json_dest)
+    if summary.bad and not skip_bad:
+        raise DecError(f"{len(summary.bad)} file(s) could not be read (listed above); the rest were written",
+                       "pass --skip-bad to exit 0 anyway")
+
+
+@app.command("unwarp")
+def unwarp_cmd(
+    src: str = typer.Argument(..., metavar="SRC", help="Folder written by `dec warp`."),
+    dst: str = typer.Argument(..., metavar="DST", help="Output folder for the restored images."),
+    manifest: Optional[str] = typer.Option(None, "--manifest", metavar="PATH",
+                                           help="Manifest of the warps (default SRC/manifest.jsonl)."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Worker processes."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    resume: bool = typer.Option(False, "--resume", help="Finish an interrupted job."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Exit 0 even if some files cannot be restored."),
+    json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write a JSON summary."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+) -> None:
+    """Invert every warp recorded in a manifest (the round trip restores the images).
+
+    Example: dec unwarp warped/ restored/ --manifest warped/manifest.jsonl
+    """
+    from dec_cli.folderwarp import run_unwarp
+
+    console = console_for(json_dest, quiet)
+    summary = _run_tree_job(run_unwarp, console, quiet, src=src, dst=dst, manifest=manifest, workers=workers,
+                            overwrite=overwrite, resume=resume)
+    _tree_report(console, summary, json_dest)
+    if summary.bad and not skip_bad:
+        raise DecError(f"{len(summary.bad)} file(s) could not be read (listed above); the rest were written",
+                       "pass --skip-bad to exit 0 anyway")
+
+
 # --------------------------------------------------------------------------- entry point
 
 
