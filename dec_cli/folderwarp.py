@@ -110,6 +110,13 @@ class JobSummary:
         return data
 
 
+def _read_failure(exc: Exception) -> str:
+    """The reason a source file could not be read, for the bad-file list."""
+    if isinstance(exc, images.ImageReadError):
+        return str(exc)
+    return f"cannot read: {getattr(exc, 'strerror', None) or exc}"
+
+
 # --------------------------------------------------------------------------- naming and planning
 
 
@@ -229,11 +236,8 @@ def _warp_file(ctx: _Context, rel: str, outs: list[Output], mask_rel: str | None
             w, h = pic.size
         else:
             w, h = images.image_size(src / rel)
-    except images.ImageReadError as exc:
-        result["bad"].append({"path": rel, "reason": str(exc)})
-        return result
-    except OSError as exc:
-        result["bad"].append({"path": rel, "reason": f"cannot read: {exc.strerror or exc}"})
+    except (images.ImageReadError, OSError) as exc:
+        result["bad"].append({"path": rel, "reason": _read_failure(exc)})
         return result
     mask_pic = None
     if mask_rel is not None and pending:
@@ -287,11 +291,8 @@ def _unwarp_file(ctx: _Context, record: dict[str, Any]) -> dict[str, Any]:
         return result
     try:
         pic = images.read_image(Path(ctx.src) / rel)
-    except images.ImageReadError as exc:
-        result["bad"].append({"path": rel, "reason": str(exc)})
-        return result
-    except OSError as exc:
-        result["bad"].append({"path": rel, "reason": f"cannot read: {exc.strerror or exc}"})
+    except (images.ImageReadError, OSError) as exc:
+        result["bad"].append({"path": rel, "reason": _read_failure(exc)})
         return result
     warp = Warp.from_knots(torch.tensor(record["knots_x"], dtype=torch.float32),
                            torch.tensor(record["knots_y"], dtype=torch.float32))
