@@ -30,11 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 NPZ = ROOT / "dec_cli" / "data" / "mnist-8k.npz"
 START, END = "<!-- digits-table:start -->", "<!-- digits-table:end -->"
 
+#: method: (label, finetune options, retrofit options or None for a plain backbone)
 METHODS = {
-    "plain": ("plain fine-tuning", []),
-    "aug": ("warp augmentation", ["--aug-prob", "0.5"]),
-    "eqloss": ("invariance loss", ["--eq-weight", "1.0"]),
-    "dec": ("DEC (+ warp augmentation)", ["--aug-prob", "0.5"]),
+    "plain": ("plain fine-tuning", [], None),
+    "aug": ("warp augmentation", ["--aug-prob", "0.5"], None),
+    "eqloss": ("invariance loss", ["--eq-weight", "1.0"], None),
+    "dec": ("DEC (+ warp augmentation)", ["--aug-prob", "0.5"], ["--iters", "3"]),
+    "dec-eq": ("DEC, 5 iterations (+ warp augmentation, invariance loss 0.3)",
+               ["--aug-prob", "0.5", "--eq-weight", "0.3"], ["--iters", "5"]),
 }
 #: Columns: (label, file, metric key, percent?, higher is better?)
 COLUMNS = [
@@ -71,10 +74,12 @@ def train(method: str, seed: int, data: Path, out: Path, args: argparse.Namespac
     if run_dir.exists():
         import shutil
         shutil.rmtree(run_dir)
-    if method == "dec":
-        init = out / f"dec-init-s{seed}.safetensors"
+    retrofit_options = METHODS[method][2]
+    if retrofit_options is not None:
+        init = out / f"{method}-init-s{seed}.safetensors"
         run([*dec, "retrofit", "test_resnet", "--no-pretrained", "--num-classes", "20", "--img-size", "64",
-             "--grid", "8", "--rows", "2", "--seed", str(seed), "-o", str(init), "--force", "--quiet"], log)
+             "--grid", "8", "--rows", "2", *retrofit_options, "--seed", str(seed), "-o", str(init), "--force",
+             "--quiet"], log)
         run([*dec, "finetune", str(init), str(data), "-o", str(run_dir), *common], log)
     else:
         run([*dec, "finetune", "test_resnet", str(data), "-o", str(run_dir), "--no-pretrained",

@@ -8,7 +8,8 @@
 #     pretrained weights offline), trained with warp augmentation (--aug-prob);
 # (2) the same backbone retrofitted with DEC (recipe `resnet`: one DEC before
 #     layer2, 8 intervals and 2 control rows so each digit can be rescaled on
-#     its own), trained with the same settings.
+#     its own; 5 solver iterations), trained with the same settings plus the
+#     invariance loss (--eq-weight 0.3).
 # Both on the digits benchmark with the demo's settings (DEMO_CONFIG in
 # dec_cli/demo.py: `dec digits` defaults, seed 0), 64x64 inputs, fixed seeds.
 # Set EPOCHS, THREADS, OUT to change the run; anything else is fixed here.
@@ -38,8 +39,8 @@ fi
 if has dec; then
   rm -rf "$OUT/dec"
   python -m dec_cli retrofit test_resnet --no-pretrained --num-classes 20 --img-size 64 --grid 8 --rows 2 \
-    --seed 0 -o "$OUT/dec-init.safetensors" --force --quiet
-  python -m dec_cli finetune "$OUT/dec-init.safetensors" "$OUT/digits" -o "$OUT/dec" "${COMMON[@]}"
+    --iters 5 --seed 0 -o "$OUT/dec-init.safetensors" --force --quiet
+  python -m dec_cli finetune "$OUT/dec-init.safetensors" "$OUT/digits" -o "$OUT/dec" "${COMMON[@]}" --eq-weight 0.3
 fi
 if has install; then
   cp "$OUT/baseline/best.safetensors" dec_cli/data/digits-baseline.safetensors
@@ -48,7 +49,7 @@ if has install; then
 fi
 if has evaluate; then
   python -m dec_cli evaluate dec_cli/data/digits-baseline.safetensors dec_cli/data/digits-dec.safetensors \
-    --data "$OUT/digits/test" --img-size 64 --warps 4 --seed 0 --json "$OUT/eval-test.json"
+    --data "$OUT/digits/test" --warps 4 --seed 0 --json "$OUT/eval-test.json"
   python -m dec_cli evaluate dec_cli/data/digits-baseline.safetensors dec_cli/data/digits-dec.safetensors \
-    --data "$OUT/digits/test-zoom" --img-size 64 --seed 0 --json "$OUT/eval-zoom.json"
+    --data "$OUT/digits/test-zoom" --seed 0 --json "$OUT/eval-zoom.json"
 fi
