@@ -95,17 +95,8 @@ def make_zoom_tree(root: Path, *, sources: int = 2) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the tiny models are faster so, and the test machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory, _one_thread):
+def assets(tmp_path_factory):
     """The image trees, a plain timm weights file, and a DEC checkpoint with class names."""
     base = tmp_path_factory.mktemp("eval")
     torch.manual_seed(0)

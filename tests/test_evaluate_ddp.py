@@ -22,15 +22,7 @@ def test_shards_cover_every_index_once():
     assert len(ShardSampler(11, 2, 3)) == 3
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_torchrun_two_processes_match_single_process(tmp_path, run_dec, one_thread):
+def test_torchrun_two_processes_match_single_process(tmp_path, run_dec):
     torch.manual_seed(0)
     model = load_model("test_resnet", num_classes=2)
     from safetensors.torch import save_file

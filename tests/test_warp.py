@@ -12,15 +12,6 @@ from hypothesis import strategies as st
 from dec_cli.warp import (DEFAULT_SCALE_RANGE, Warp, apply_warp, compose, jacobian_determinant, keyed_warp,
                           parse_scale_range, random_warp, sampling_grid, zoom_warp)
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
 seeds = st.integers(0, 2 ** 31 - 1)
 grids = st.integers(1, 16)
