@@ -79,6 +79,11 @@ def infer_ratio(models: dict, x, device: str, amp: bool, repeats: int, warmup: i
         return f
 
     fns = {k: run(m) for k, m in models.items()}
+    return summarize(alternate(fns, device, repeats, warmup))
+
+
+def alternate(fns: dict, device: str, repeats: int, warmup: int) -> dict:
+    """Warm up, then time the functions in turn (plain, DEC, plain, ...) so drift hits both alike."""
     for _ in range(warmup):
         for f in fns.values():
             f()
@@ -86,7 +91,7 @@ def infer_ratio(models: dict, x, device: str, amp: bool, repeats: int, warmup: i
     for _ in range(repeats):
         for k, f in fns.items():
             times[k].append(timed(f, device))
-    return summarize(times)
+    return times
 
 
 def train_ratio(models: dict, x, y, device: str, amp: bool, repeats: int, warmup: int) -> dict:
@@ -107,14 +112,7 @@ def train_ratio(models: dict, x, y, device: str, amp: bool, repeats: int, warmup
     fns = {k: step(k) for k in models}
     for m in models.values():
         m.train()
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            times[k].append(timed(f, device))
-    out = summarize(times)
+    out = summarize(alternate(fns, device, repeats, warmup))
     out["peak_memory"] = peak_memory(models, fns, device)
     for m in models.values():
         m.eval()
