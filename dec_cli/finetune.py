@@ -35,7 +35,8 @@ from dec_cli import distributed as dist_utils
 from dec_cli.config import merge_options
 from dec_cli.errors import DecError, UsageError
 from dec_cli.files import atomic_path
-from dec_cli.warp import DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, key_seed, keyed_warp, random_warp
+from dec_cli.warp import (DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, key_seed, keyed_warp,
+                          parse_scale_range, random_warp)
 
 STATE_NAME = "state.pt"
 LAST_NAME = "last.safetensors"
@@ -133,9 +134,8 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
     try:
         if name == "scale_range":
             if isinstance(value, str):
-                lo, hi = (float(v) for v in value.split(","))
-            else:
-                lo, hi = (float(v) for v in value)
+                return parse_scale_range(value)
+            lo, hi = (float(v) for v in value)
             return (lo, hi)
         if isinstance(default, bool):
             if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
