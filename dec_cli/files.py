@@ -7,15 +7,45 @@ leaves a half-written file under the final name.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
-# Read once at import (single-threaded): os.umask can only be read by setting it.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+_TEMP_COUNTER = itertools.count()
+
+
+def _create_temp(target: Path) -> tuple[int, Path]:
+    """Create a new empty file beside ``target``; returns its descriptor and path.
+
+    The name carries the process id and a counter (cheap, and unique among
+    concurrent workers); O_EXCL guards against a leftover of a killed run.
+    Mode 0o666 lets the kernel apply the umask, as a plain ``open()`` would.
+    """
+    while True:
+        tmp = target.with_name(f".{target.name}.{os.getpid()}-{next(_TEMP_COUNTER)}.part{target.suffix}")
+        try:
+            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _prepare(target: str | os.PathLike, overwrite: bool) -> Path:
+    target = Path(target)
+    if not target.parent.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and target.exists():
+        raise FileExistsError(target)
+    return target
+
+
+def _commit_or_remove(tmp: Path, target: Path, ok: bool) -> None:
+    if ok:
+        os.replace(tmp, target)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 @contextlib.contextmanager
@@ -25,22 +55,33 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
     On any exception (KeyboardInterrupt included) the temporary file is removed
     and ``target`` is left as it was.
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not overwrite and target.exists():
-        raise FileExistsError(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part" + target.suffix, dir=target.parent)
+    target = _prepare(target, overwrite)
+    fd, tmp = _create_temp(target)
     os.close(fd)
-    tmp_path = Path(tmp)
+    ok = False
     try:
-        yield tmp_path
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-        os.chmod(tmp_path, 0o666 & ~_UMASK)
-        os.replace(tmp_path, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
+        yield tmp
+        ok = True
+    finally:
+        _commit_or_remove(tmp, target, ok)
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike, *, overwrite: bool = True) -> Iterator[BinaryIO]:
+    """Like `atomic_path`, but yield the temporary file opened for binary writing (and reading,
+    which multi-page TIFF writers need).
+
+    Saves reopening the file, which counts when thousands of small images are written.
+    """
+    target = _prepare(target, overwrite)
+    fd, tmp = _create_temp(target)
+    ok = False
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            yield f
+        ok = True
+    finally:
+        _commit_or_remove(tmp, target, ok)
 
 
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:

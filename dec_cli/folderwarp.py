@@ -271,7 +271,8 @@ def _write_warped(pic: images.Picture, warp: Warp, target: Path, *, inverse: boo
         sampling = "nearest" if nearest or mode == "nearest" else smooth
         return apply_warp(x, warp.to(x.dtype), inverse=inverse, mode=sampling)
 
-    pages = [images.warp_page(page, fn) for page in pic.pages]
+    convex = nearest or smooth in ("bilinear", "nearest")  # blends that cannot leave the value range
+    pages = [images.warp_page(page, fn, in_range=convex) for page in pic.pages]
     try:
         images.write_image(pages, target, pic.format, pic.params, overwrite=True)
     except OSError as exc:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, ImageSequence
 
-from dec_cli.files import atomic_path
+from dec_cli.files import atomic_file
 
 IMAGE_EXTENSIONS = frozenset({
     ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
@@ -131,8 +131,13 @@ def page_to_tensor(page: Image.Image) -> torch.Tensor:
     return t.to(work).permute(2, 0, 1).unsqueeze(0)
 
 
-def tensor_to_page(t: torch.Tensor, like: Image.Image) -> Image.Image:
-    """A page of ``like``'s mode (and palette, info) from a float tensor (1, C, H, W)."""
+def tensor_to_page(t: torch.Tensor, like: Image.Image, *, in_range: bool = False) -> Image.Image:
+    """A page of ``like``'s mode (and palette, info) from a float tensor (1, C, H, W).
+
+    Values are rounded and clipped to the mode's range; ``in_range=True`` promises
+    that 8-bit values already lie in [0, 255] (as any bilinear or nearest resampling
+    of the page's own pixels does) and skips the clipping pass.
+    """
     if isinstance(like, Deep16Page):
         arr = t[0].permute(1, 2, 0).round().clamp_(0, 65535).to(torch.int32).numpy().astype(np.uint16)
         return Deep16Page(arr, like.mode, dict(like.info))
@@ -140,7 +145,7 @@ def tensor_to_page(t: torch.Tensor, like: Image.Image) -> Image.Image:
     if mode in _MERGE_MODES:
         # 8-bit multi-band: round on the planar (C, H, W) result, wrap each plane as an
         # "L" band without copying and let Pillow interleave them (cheaper than a permute).
-        planes = _round_to_uint8(t[0])
+        planes = _round_to_uint8(t[0], clip=not in_range)
         bands = [Image.frombuffer("L", like.size, plane, "raw", "L", 0, 1) for plane in planes]
         out = Image.merge(mode, bands)
         return _copy_info(out, like)
@@ -155,15 +160,15 @@ def tensor_to_page(t: torch.Tensor, like: Image.Image) -> Image.Image:
         data = (hwc > 0).to(torch.uint8).mul_(255).contiguous().numpy().tobytes()
         return Image.frombytes("L", like.size, data).convert("1", dither=Image.Dither.NONE)
     else:
-        data = _round_to_uint8(hwc).tobytes()
+        data = _round_to_uint8(hwc, clip=not in_range).tobytes()
     out = Image.frombytes(mode, like.size, data, "raw", _raw_mode(mode))
     if mode in ("P", "PA") and like.palette is not None:
         out.putpalette(like.palette.palette, rawmode=like.palette.mode)
     return _copy_info(out, like)
 
 
-def _round_to_uint8(t: torch.Tensor) -> np.ndarray:
-    """Round and clip a float tensor to a C-contiguous uint8 array of its shape.
+def _round_to_uint8(t: torch.Tensor, *, clip: bool = True) -> np.ndarray:
+    """Round (and clip, unless told the values lie in [0, 255]) a float tensor to a uint8 array.
 
     Done in numpy: its float-to-uint8 cast is several times faster than torch's
     on CPU, and this runs once per written page. The tensor is left unchanged.
@@ -171,7 +176,7 @@ def _round_to_uint8(t: torch.Tensor) -> np.ndarray:
     a = t.detach().cpu().numpy()
     out = np.empty(a.shape, dtype=np.uint8)
     with np.errstate(invalid="ignore"):  # NaN (never produced by sampling real pixels) becomes 0
-        np.add(np.clip(a, 0.0, 255.0), 0.5, out=out, casting="unsafe")  # truncating x + 0.5 rounds
+        np.add(np.clip(a, 0.0, 255.0) if clip else a, 0.5, out=out, casting="unsafe")  # x + 0.5 truncated rounds
     return out
 
 
@@ -182,28 +187,31 @@ def _copy_info(out: Image.Image, like: Image.Image) -> Image.Image:
     return out
 
 
-def warp_page(page: Image.Image, fn: Callable[[torch.Tensor, str], torch.Tensor]) -> Image.Image:
+def warp_page(page: Image.Image, fn: Callable[[torch.Tensor, str], torch.Tensor], *,
+              in_range: bool = False) -> Image.Image:
     """Apply ``fn(pixels, sampling_mode)`` to one page; the result has the page's mode and size.
 
     ``pixels`` is (1, C, H, W) float; ``sampling_mode`` is ``nearest`` for label
-    modes (palette, bilevel) and ``bilinear`` otherwise.
+    modes (palette, bilevel) and ``bilinear`` otherwise. ``in_range=True`` says
+    ``fn`` only blends the page's own values with non-negative weights (bilinear
+    or nearest resampling, not bicubic), so 8-bit results need no clipping.
     """
     sampling = "nearest" if page.mode in NEAREST_MODES else "bilinear"
-    return tensor_to_page(fn(page_to_tensor(page), sampling), page)
+    return tensor_to_page(fn(page_to_tensor(page), sampling), page, in_range=in_range)
 
 
 def write_image(pages: list[Image.Image], target: str | os.PathLike, fmt: str, params: dict[str, Any],
                 *, overwrite: bool = False) -> None:
     """Save ``pages`` (all of them, for multi-page formats) atomically under ``target``."""
     if isinstance(pages[0], Deep16Page):
-        with atomic_path(target, overwrite=overwrite) as tmp:
-            tmp.write_bytes(_encode_png16(pages[0], int(params.get("compress_level", PNG_COMPRESS_LEVEL))))
+        with atomic_file(target, overwrite=overwrite) as f:
+            f.write(_encode_png16(pages[0], int(params.get("compress_level", PNG_COMPRESS_LEVEL))))
         return
     kwargs = dict(params)
     if len(pages) > 1:
         kwargs.update(save_all=True, append_images=pages[1:])
-    with atomic_path(target, overwrite=overwrite) as tmp:
-        pages[0].save(tmp, format=fmt, **kwargs)
+    with atomic_file(target, overwrite=overwrite) as f:
+        pages[0].save(f, format=fmt, **kwargs)
 
 
 # --------------------------------------------------------------------------- 16-bit colour PNG

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dec_cli.folderwarp import WarpSettings, run_warp
@@ -320,3 +321,19 @@ def test_every_kept_mode_survives_an_identity_warp_exactly(mode):
     assert np.array_equal(np.asarray(out), np.asarray(page))
     if mode in ("P", "PA"):
         assert out.getpalette() == page.getpalette()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_tensor_to_page_rounds_half_up_and_clips(mode):
+    from dec_cli.images import tensor_to_page
+
+    like = Image.new(mode, (5, 1))
+    bands = len(like.getbands())
+    row = torch.tensor([-3.0, 0.49, 0.5, 254.5, 300.0]).expand(1, bands, 1, 5).clone()
+    before = row.clone()
+    out = np.asarray(tensor_to_page(row, like)).reshape(5, bands)
+    assert (out == np.array([0, 0, 1, 255, 255])[:, None]).all()
+    assert torch.equal(row, before)  # the caller's tensor is left as it was
+    inside = torch.tensor([0.0, 0.49, 0.5, 127.5, 255.0]).expand(1, bands, 1, 5)
+    out = np.asarray(tensor_to_page(inside, like, in_range=True)).reshape(5, bands)
+    assert (out == np.array([0, 0, 1, 128, 255])[:, None]).all()
