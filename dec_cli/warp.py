@@ -50,8 +50,13 @@ def interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
 
 
 def knots_from_logits(theta: Tensor) -> Tensor:
-    """Knots ``0 = k_0 < ... < k_G = 1`` from logits (..., G): cumulative softmax."""
-    inc = torch.softmax(theta, dim=-1)
+    """Knots ``0 = k_0 < ... < k_G = 1`` from logits (..., G): cumulative softmax.
+
+    Non-finite logits (a NaN that reached a canonicalizer) count as 0, so the
+    knots, and every sampling grid built from them, stay finite: torch's
+    ``grid_sample`` backward crashes the process on a NaN grid.
+    """
+    inc = torch.softmax(torch.nan_to_num(theta, nan=0.0, posinf=0.0, neginf=0.0), dim=-1)
     knots = torch.cumsum(inc, dim=-1)
     zero = torch.zeros_like(knots[..., :1])
     knots = torch.cat([zero, knots], dim=-1)

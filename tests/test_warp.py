@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -224,3 +226,21 @@ def test_dtypes_layouts_and_masks():
     warped = apply_warp(mask, w, mode="nearest")
     assert set(warped.unique().tolist()) <= {0.0, 10.0, 20.0, 30.0}
     assert math.isclose(float(apply_warp(torch.ones(1, 1, 5, 5), w).min()), 1.0, rel_tol=1e-6)
+
+
+def test_non_finite_logits_give_finite_warps_and_a_safe_backward():
+    # torch's grid_sample backward segfaults on a NaN grid; run in a child so a regression fails cleanly.
+    code = (
+        "import torch\n"
+        "from dec_cli.warp import Warp, apply_warp\n"
+        "t = torch.zeros(2, 2, 8); t[0, 0, 3] = float('nan'); t[1, 1, 2] = float('inf'); t[1, 0, 5] = -float('inf')\n"
+        "t.requires_grad_()\n"
+        "w = Warp.from_logits(t, t)\n"
+        "assert all(torch.isfinite(k).all() for k in (w.knots_x, w.knots_y))\n"
+        "x = torch.rand(2, 4, 16, 16, requires_grad=True)\n"
+        "apply_warp(x, w, inverse=True).sum().backward()\n"
+        "assert torch.isfinite(x.grad).all() and torch.isfinite(t.grad).all()\n"
+        "print('finite')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "finite" in done.stdout, done.stderr[-2000:]
