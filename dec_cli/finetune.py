@@ -314,6 +314,21 @@ def split_parameters(model: nn.Module, new_head: bool) -> dict[str, list[nn.Para
     return {"backbone": backbone, "head": head, "dec": dec}
 
 
+def hold_backbone_norm_statistics(model: nn.Module) -> None:
+    """Put the backbone's batch-norm layers in eval mode (call after ``model.train()``).
+
+    A frozen backbone should come out of training unchanged, running statistics
+    included: in train mode batch norm would keep updating them from the
+    (warped) training batches. DEC modules keep their own mode.
+    """
+    from dec_cli.retrofit import dec_modules
+
+    inside_dec = {id(m) for dec in dec_modules(model) for m in dec.modules()}
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in inside_dec:
+            m.eval()
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -483,6 +498,8 @@ class Trainer:
             self.train_sampler.set_epoch(epoch)
         self.model.train()
         frozen = epoch < cfg.dec_warmup_epochs
+        if frozen or cfg.freeze_backbone:
+            hold_backbone_norm_statistics(self.model)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.float64, device=self.device)
         seen = 0

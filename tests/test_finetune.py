@@ -201,6 +201,27 @@ def test_dec_warmup_and_freeze_backbone_train_only_the_dec(run_dec, shapes, dec_
         assert float(_rows(out)[0]["lr_backbone"]) == 0.0 and float(_rows(out)[0]["lr_dec"]) > 0
 
 
+def test_frozen_backbone_keeps_its_batch_norm_statistics(run_dec, shapes, tmp_path):
+    from dec_cli.checkpoint import create_backbone, save_model
+    from dec_cli.retrofit import retrofit
+
+    torch.manual_seed(0)
+    model = create_backbone("test_resnet", num_classes=len(CLASSES))
+    retrofit(model)
+    model.dec_info["class_names"] = list(CLASSES)
+    ckpt = save_model(model, tmp_path / "dec_resnet.safetensors")
+    start = load_file(str(ckpt))
+    backbone = [k for k in start if "dec" not in k.split(".")]
+    assert any(k.endswith("running_mean") for k in backbone)  # the backbone has batch norm
+    for flag in (["--freeze-backbone"], ["--dec-warmup-epochs", "1"]):
+        out = tmp_path / flag[0].strip("-")
+        r = run_dec("finetune", ckpt, shapes, "-o", out, "--epochs", "1", "--img-size", str(SIZE), *flag, *FAST,
+                    "--quiet")
+        assert r.code == 0, r.err
+        after = load_file(str(out / "last.safetensors"))
+        assert [k for k in backbone if not torch.equal(start[k], after[k])] == [], flag
+
+
 # --------------------------------------------------------------------------- resume
 
 
