@@ -10,6 +10,7 @@ which refuses anything that would need code to run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -18,7 +19,7 @@ import platform
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -168,21 +169,45 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _create(name: str, *, pretrained: bool, num_classes: Optional[int], kwargs: dict[str, Any]) -> nn.Module:
+@contextlib.contextmanager
+def _hub_cache_only() -> Iterator[None]:
+    """Make huggingface_hub serve weights from its local cache without touching the network.
+
+    It reads ``HF_HUB_OFFLINE`` once, at import, so the switch is its module constant.
+    """
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # timm then has no hub to fetch from; it reports that itself
+        yield
+        return
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _create(name: str, *, pretrained: bool, num_classes: Optional[int], kwargs: dict[str, Any],
+            offline: bool = False) -> nn.Module:
+    """``timm.create_model``; ``offline`` takes pretrained weights from the local hub cache only."""
     import timm
 
     args = dict(kwargs)
     if num_classes is not None:
         args["num_classes"] = int(num_classes)
     try:
-        return timm.create_model(name, pretrained=pretrained, **args)
+        with _hub_cache_only() if offline and pretrained else contextlib.nullcontext():
+            return timm.create_model(name, pretrained=pretrained, **args)
     except TypeError as exc:
         raise UsageError(f"timm model {name!r} does not accept these options ({_first_line(exc)})") from None
     except (OSError, RuntimeError) as exc:
-        if pretrained:
-            raise DecError(f"cannot fetch pretrained weights for {name} ({_first_line(exc)})",
-                           _OFFLINE_HINT) from None
-        raise
+        if not pretrained:
+            raise
+        if offline:
+            raise DecError(f"cannot fetch pretrained weights for {name}: the Hugging Face hub is not reachable "
+                           "and they are not in the local cache", _OFFLINE_HINT) from None
+        raise DecError(f"cannot fetch pretrained weights for {name} ({_first_line(exc)})", _OFFLINE_HINT) from None
 
 
 def _load_into(model: nn.Module, state: dict[str, Tensor], source: str, *, drop_head: bool = False) -> None:
@@ -241,16 +266,14 @@ def create_backbone(name: str, *, weights: Union[None, str, Path] = None, pretra
     kwargs = {**(model_kwargs or {}), **extra_kwargs}
     if img_size is not None:
         kwargs["img_size"] = int(img_size)
-    if pretrained and not _hub_reachable():
-        raise DecError(f"cannot fetch pretrained weights for {name}: the Hugging Face hub is not reachable",
-                       _OFFLINE_HINT)
+    offline = pretrained and not _hub_reachable()  # then weights already in the hub cache still work
     try:
-        model = _create(name, pretrained=pretrained, num_classes=num_classes, kwargs=kwargs)
+        model = _create(name, pretrained=pretrained, num_classes=num_classes, kwargs=kwargs, offline=offline)
     except UsageError:
         if img_size is None:
             raise
         kwargs.pop("img_size")  # convolutional nets take any size: img_size is only the default size
-        model = _create(name, pretrained=pretrained, num_classes=num_classes, kwargs=kwargs)
+        model = _create(name, pretrained=pretrained, num_classes=num_classes, kwargs=kwargs, offline=offline)
     if weights is not None:
         state = _filter_foreign(model, read_weights(weights))
         if num_classes is None:

@@ -238,3 +238,32 @@ def test_format_version_nan_and_shape_errors(tmp_path):
         load_model("test_vit", weights=wrong, img_size=32, patch_size=8)
     with pytest.raises(UsageError, match="no such checkpoint"):
         load_model(tmp_path / "nope.safetensors")
+
+
+def test_offline_pretrained_weights_come_from_the_hub_cache(run_dec, tmp_path, monkeypatch):
+    """Users on offline clusters pre-fill the hub cache; --pretrained must then work without a network."""
+    import huggingface_hub.constants as hub
+    import timm
+
+    torch.manual_seed(3)
+    reference = timm.create_model("test_vit", pretrained=False)
+    repo = tmp_path / "hub" / "models--timm--test_vit.r160_in1k"  # the hub cache layout
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()},
+              str(repo / "snapshots" / commit / "model.safetensors"))
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    switch = hub.HF_HUB_OFFLINE
+    r = run_dec("retrofit", "test_vit", "--pretrained", "-o", tmp_path / "cached.safetensors")
+    assert r.code == 0, r.err
+    assert hub.HF_HUB_OFFLINE == switch  # huggingface_hub's switch is put back
+    own = load_model(str(tmp_path / "cached.safetensors")).state_dict()
+    theirs = reference.state_dict()
+    common = [k for k in theirs if k in own]  # retrofit wraps one block, renaming its tensors
+    assert len(common) > len(theirs) // 2 and all(torch.equal(own[k], theirs[k]) for k in common)
+    # not in the cache: one line naming both ways out
+    r = run_dec("retrofit", "test_convnext", "--pretrained", "-o", tmp_path / "missing.safetensors")
+    assert r.code == 1 and r.err.count("\n") == 1 and "local cache" in r.err and "--weights" in r.err
