@@ -769,10 +769,14 @@ def read_state(out_dir: Path) -> Optional[dict]:
 
 
 def remove_stale_temporaries(out_dir: Path) -> list[str]:
-    """Delete temporary files a killed run left behind (``.last.safetensors.XXXX.part.safetensors``...)."""
+    """Delete temporary files a killed run left behind (``.last.safetensors.XXXX.part.safetensors``...).
+
+    Checkpoints are written atomically by `_guarded_write` and again inside
+    `save_model`, so a kill can also leave a nested ``..last.safetensors...part...part...``.
+    """
     removed = []
     for name in (STATE_NAME, LAST_NAME, BEST_NAME, METRICS_NAME):
-        for tmp in out_dir.glob(f".{name}.*.part*"):
+        for tmp in out_dir.glob(f".*{name}.*.part*"):
             tmp.unlink(missing_ok=True)
             removed.append(tmp.name)
     return removed
