@@ -200,6 +200,16 @@ def test_fast_separable_grid_matches_the_general_path():
         g2 = sampling_grid(w2, 37, 53, inverse=inverse)
         assert g1.shape == (2, 37, 53, 2)
         assert torch.allclose(g1, g2, atol=1e-5)
+        # one warp at a time takes the numpy path; it must agree with the batched torch path
+        g0 = sampling_grid(w[1], 37, 53, inverse=inverse)
+        assert g0.shape == (1, 37, 53, 2) and torch.allclose(g0, g1[1:], atol=1e-6)
+    # breakpoints that do not start at 0 or end at 1: both paths extrapolate along the end segments
+    xs = torch.tensor([[0.1, 0.5, 0.8]])
+    odd = Warp(xs, torch.tensor([[[0.2, 0.45, 0.9]]]), xs, torch.tensor([[[0.05, 0.6, 0.95]]]))
+    both = Warp(xs.repeat(2, 1), odd.ys_x.repeat(2, 1, 1), xs.repeat(2, 1), odd.ys_y.repeat(2, 1, 1))
+    for inverse in (False, True):
+        assert torch.allclose(sampling_grid(odd, 13, 17, inverse=inverse),
+                              sampling_grid(both, 13, 17, inverse=inverse)[:1], atol=1e-6)
     # gradients flow through the grid (DEC learns warps)
     theta = torch.zeros(1, 1, 8, requires_grad=True)
     g = sampling_grid(Warp.from_logits(theta, theta * 2), 9, 11)
