@@ -32,6 +32,7 @@ def _create_temp(target: Path) -> tuple[int, Path]:
 
 
 def _prepare(target: str | os.PathLike, overwrite: bool) -> Path:
+    """The target as a Path, its folder made; refuses an existing target unless ``overwrite``."""
     target = Path(target)
     if not target.parent.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -41,11 +42,17 @@ def _prepare(target: str | os.PathLike, overwrite: bool) -> Path:
 
 
 def _commit_or_remove(tmp: Path, target: Path, ok: bool) -> None:
-    if ok:
-        os.replace(tmp, target)
-    else:
+    """Rename the finished temporary file onto the target; otherwise (or if renaming fails) remove it."""
+    try:
+        if ok:
+            os.replace(tmp, target)
+            return
+    except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        raise
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
 
 
 @contextlib.contextmanager
