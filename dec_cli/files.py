@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
@@ -89,6 +90,27 @@ def atomic_file(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
         ok = True
     finally:
         _commit_or_remove(tmp, target, ok)
+
+
+# ".<name>.<tag>.part[.<ext>]", nested when an atomic write wraps another one.
+_TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_-]+\.part(\.[^.]*)?$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, *, recursive: bool = False) -> list[str]:
+    """Delete the temporary files that writers killed without cleanup (SIGKILL, power loss) left.
+
+    Call it only where no writer is running (before resuming a job). Returns the
+    removed paths relative to ``folder``.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    removed = []
+    for path in sorted(root.rglob(".*") if recursive else root.glob(".*")):
+        if path.is_file() and _TEMPORARY_NAME.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path.relative_to(root).as_posix())
+    return removed
 
 
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:

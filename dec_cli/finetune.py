@@ -34,7 +34,7 @@ from torch import nn
 from dec_cli import distributed as dist_utils
 from dec_cli.config import merge_options
 from dec_cli.errors import DecError, UsageError
-from dec_cli.files import atomic_path
+from dec_cli.files import atomic_path, remove_stale_temporaries
 from dec_cli.warp import (DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, key_seed, keyed_warp,
                           parse_scale_range, random_warp)
 
@@ -766,20 +766,6 @@ def read_state(out_dir: Path) -> Optional[dict]:
         raise DecError(f"{path} is not a dec finetune state (format {STATE_FORMAT})",
                        "start a new run in another -o folder")
     return state
-
-
-def remove_stale_temporaries(out_dir: Path) -> list[str]:
-    """Delete temporary files a killed run left behind (``.last.safetensors.XXXX.part.safetensors``...).
-
-    Checkpoints are written atomically by `_guarded_write` and again inside
-    `save_model`, so a kill can also leave a nested ``..last.safetensors...part...part...``.
-    """
-    removed = []
-    for name in (STATE_NAME, LAST_NAME, BEST_NAME, METRICS_NAME):
-        for tmp in out_dir.glob(f".*{name}.*.part*"):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp.name)
-    return removed
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> Optional[dict]:

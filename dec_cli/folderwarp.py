@@ -26,7 +26,7 @@ import torch
 
 from dec_cli import images
 from dec_cli.errors import DecError, UsageError
-from dec_cli.files import write_json, write_text_atomic
+from dec_cli.files import remove_stale_temporaries, write_json, write_text_atomic
 from dec_cli.warp import DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, keyed_warp, zoom_warp
 
 MANIFEST = "manifest.jsonl"
@@ -386,6 +386,8 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
                 f"DST {dst_p} already holds outputs of a warp job ({len(existing)} of "
                 f"{sum(len(outs) for _, outs, _ in plan)} files exist)",
                 "pass --resume to finish an interrupted job or --overwrite to replace them")
+    if resume or overwrite:  # a killed run (SIGKILL) could not clean up after itself
+        remove_stale_temporaries(dst_p, recursive=True)
     write_json(job, job_file)
     summary = JobSummary("warp", str(src_p), str(dst_p), files=len(plan),
                          outputs=sum(len(outs) for _, outs, _ in plan), workers=workers)
@@ -438,6 +440,8 @@ def run_unwarp(src: str | os.PathLike, dst: str | os.PathLike, manifest: str | o
         if existing:
             raise UsageError(f"DST {dst_p} already holds {len(existing)} of the {len(records)} outputs",
                              "pass --resume to finish or --overwrite to replace them")
+    if resume or overwrite:
+        remove_stale_temporaries(dst_p, recursive=True)
     summary = JobSummary("unwarp", str(src_p), str(dst_p), files=len(records), outputs=len(records), workers=workers)
     ctx = _Context(str(src_p), str(dst_p), None, WarpSettings(), overwrite, resume)
     if on_start:

@@ -77,3 +77,18 @@ def test_a_failed_rename_removes_the_temporary(tmp_path):
     with pytest.raises(OSError):
         write_text_atomic(target, "text")
     assert target.is_dir() and _leftovers(tmp_path) == []
+
+
+def test_stale_temporaries_are_swept_and_nothing_else(tmp_path):
+    from dec_cli.files import remove_stale_temporaries
+
+    keep = [".dec-warp-job.json", ".hidden.png", "cat.part.png", "a/.notes.part", "a/b.png"]
+    stale = [".cat.png.123-4.part.png", "a/.x.safetensors.9-0.part.safetensors",
+             "a/..last.safetensors.9-6.part.safetensors.9-7.part.safetensors", ".state.pt.abc123.part.pt"]
+    for name in keep + stale:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_stale_temporaries(tmp_path) == [".cat.png.123-4.part.png", ".state.pt.abc123.part.pt"]
+    assert sorted(remove_stale_temporaries(tmp_path, recursive=True)) == sorted(stale[1:3])
+    assert all((tmp_path / name).exists() for name in keep)
+    assert not any((tmp_path / name).exists() for name in stale)
