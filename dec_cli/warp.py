@@ -309,7 +309,7 @@ def _eager_cpu_no_grad(warp: Warp) -> bool:
 
 
 def _separable_grid_numpy(warp: Warp, height: int, width: int, *, inverse: bool) -> Tensor:
-    """The grid of a separable warp from two 1-D interpolations and one broadcast pass.
+    """The grid (1, H, W, 2) of one separable warp from two 1-D interpolations and one broadcast pass.
 
     For one warp at a time (the file warp path), where torch's per-op overhead
     costs more than the arithmetic; batches keep the batched torch path.
@@ -319,19 +319,15 @@ def _separable_grid_numpy(warp: Warp, height: int, width: int, *, inverse: bool)
     add writes the interleaved (x, y) pairs. The 1-D maps are computed in float64.
     """
     cdtype = np.complex64 if warp.ys_x.dtype == torch.float32 else np.complex128
-    cx, cy = _centres_np(width), _centres_np(height)
-    xs_x, ys_x = warp.xs_x.numpy(), warp.ys_x[:, 0].numpy()  # np.interp works in float64 regardless
-    xs_y, ys_y = warp.xs_y.numpy(), warp.ys_y[:, 0].numpy()
-    gx = np.empty((warp.batch, width), dtype=cdtype)
-    gy = np.empty((warp.batch, height), dtype=cdtype)
-    for i in range(warp.batch):
-        if inverse:  # S^{-1} reads the input at l(p)
-            gx[i] = _interp_np(cx, xs_x[i], ys_x[i]) * 2.0 - 1.0
-            gy[i] = (_interp_np(cy, xs_y[i], ys_y[i]) * 2.0 - 1.0) * 1j
-        else:  # S reads the input at l^{-1}(p)
-            gx[i] = _interp_np(cx, ys_x[i], xs_x[i]) * 2.0 - 1.0
-            gy[i] = (_interp_np(cy, ys_y[i], xs_y[i]) * 2.0 - 1.0) * 1j
-    return torch.view_as_real(torch.from_numpy(gx)[:, None, :] + torch.from_numpy(gy)[:, :, None])
+    xs_x, ys_x = warp.xs_x[0].numpy(), warp.ys_x[0, 0].numpy()  # np.interp works in float64 regardless
+    xs_y, ys_y = warp.xs_y[0].numpy(), warp.ys_y[0, 0].numpy()
+    if inverse:  # S^{-1} reads the input at l(p)
+        gx, gy = _interp_np(_centres_np(width), xs_x, ys_x), _interp_np(_centres_np(height), xs_y, ys_y)
+    else:  # S reads the input at l^{-1}(p)
+        gx, gy = _interp_np(_centres_np(width), ys_x, xs_x), _interp_np(_centres_np(height), ys_y, xs_y)
+    row = torch.from_numpy((gx * 2.0 - 1.0).astype(cdtype))
+    column = torch.from_numpy(((gy * 2.0 - 1.0) * 1j).astype(cdtype))
+    return torch.view_as_real(row[None, None, :] + column[None, :, None])
 
 
 @functools.lru_cache(maxsize=64)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -43,5 +49,29 @@ def run_dec(capsys):
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         captured = capsys.readouterr()
         return Result(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def sigkill_dec():
+    """Run `python -m dec_cli ARGS...` in a child and SIGKILL it once ``ready()`` holds (no handler runs).
+
+    The child uses one thread, like this process, so its arithmetic matches in-process runs.
+    """
+
+    def run(args: list, ready: Callable[[], bool], *, timeout: float = 240.0, poll: float = 0.01) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        child = subprocess.Popen([sys.executable, "-m", "dec_cli", *map(str, args)], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and child.poll() is None and not ready():
+                time.sleep(poll)
+            assert child.poll() is None, "the child ended (or timed out) before it could be killed"
+            child.send_signal(signal.SIGKILL)
+        finally:
+            child.wait(timeout=60)
+        assert child.returncode == -signal.SIGKILL
 
     return run

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -268,24 +266,12 @@ def test_resume_after_interrupt_equals_uninterrupted_run(run_dec, full_run, shap
     assert r.code == 0 and "nothing to do" in r.out
 
 
-def test_resume_after_sigkill_equals_uninterrupted_run(run_dec, full_run, shapes, dec_ckpt, tmp_path):
+def test_resume_after_sigkill_equals_uninterrupted_run(run_dec, sigkill_dec, full_run, shapes, dec_ckpt, tmp_path):
     """A hard kill (no handler runs) mid-training: --resume still ends where an uninterrupted run ends."""
     full, _ = full_run
     cut = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # same arithmetic as this process
-    child = subprocess.Popen([sys.executable, "-m", "dec_cli", "finetune", str(dec_ckpt), str(shapes), "-o", str(cut),
-                              *TRAIN, *FAST, "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and child.poll() is None:
-            if (cut / "metrics.csv").exists() and len(_rows(cut)) >= 2:
-                break
-            time.sleep(0.02)
-        assert child.poll() is None, "the run ended before it could be killed"
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.wait(timeout=60)
-    assert child.returncode == -signal.SIGKILL
+    sigkill_dec(["finetune", dec_ckpt, shapes, "-o", cut, *TRAIN, *FAST, "--quiet"],
+                lambda: (cut / "metrics.csv").exists() and len(_rows(cut)) >= 2, poll=0.02)
     done = len(_rows(cut))
     assert 2 <= done < EPOCHS
     r = run_dec("finetune", dec_ckpt, shapes, "-o", cut, "--resume", "--quiet", "--json", "-")

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -187,26 +183,16 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(run_dec, tree, tmp_
     assert files_of(cut) == files_of(full)
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(run_dec, tree, tmp_path):
+def test_resume_after_sigkill_matches_an_uninterrupted_run(run_dec, sigkill_dec, tree, tmp_path):
     """A hard kill runs no cleanup: --resume must still finish to the same bytes, temporaries swept."""
     full, cut = tmp_path / "full", tmp_path / "cut"
     options = ["-q", "--copies", "6"]
     assert run_dec("warp", tree, full, *options).code == 0
     total = sum(1 for p in full.rglob("*") if p.is_file() and p.name != "manifest.jsonl"
                 and not p.name.startswith("."))
-    child = subprocess.Popen([sys.executable, "-m", "dec_cli", "warp", str(tree), str(cut), *options],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and child.poll() is None:
-            if cut.is_dir() and sum(1 for _ in cut.rglob("*.w*.*")) >= 4:
-                break
-            time.sleep(0.002)
-        assert child.poll() is None, "the job ended before it could be killed"
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.wait(timeout=60)
-    assert child.returncode == -signal.SIGKILL and not (cut / "manifest.jsonl").exists()
+    sigkill_dec(["warp", tree, cut, *options], lambda: cut.is_dir() and sum(1 for _ in cut.rglob("*.w*.*")) >= 4,
+                timeout=120, poll=0.002)
+    assert not (cut / "manifest.jsonl").exists()
     # what a kill in the middle of a write leaves behind, whether or not this kill did
     (cut / "animals" / ".cat.w0.png.999-1.part.png").parent.mkdir(parents=True, exist_ok=True)
     (cut / "animals" / ".cat.w0.png.999-1.part.png").write_bytes(b"half an image")
