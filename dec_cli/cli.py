@@ -224,8 +224,7 @@ def evaluate_cmd(
     settings = EvalSettings(warps=warps, scale_range=lo_hi, grid=grid, rows=rows, seed=seed, img_size=img_size,
                             limit=limit, batch_size=batch_size, workers=workers, device=device, amp=amp,
                             compile=compile_, class_map=class_map)
-    info = D.init_distributed(device)
-    try:
+    with D.process_group(device) as info:
         quiet_here = quiet or not info.is_main
         console = console_for(json_dest, quiet_here)
         with progress_bar(console, quiet_here) as bar:
@@ -247,10 +246,8 @@ def evaluate_cmd(
                               "  dec warp VAL_DIR VAL_ZOOM --zoom 0.7,0.8,0.9,1,1.1,1.2,1.3\n"
                               "  dec evaluate MODEL.safetensors resnet50 --weights r50.pth --data VAL_ZOOM --warps 4",
                               markup=False)
-        if report.failed:
-            raise DecError(failure_message(report.failed), "the model is below the --fail-if threshold(s)")
-    finally:
-        D.cleanup()
+    if report.failed:
+        raise DecError(failure_message(report.failed), "the model is below the --fail-if threshold(s)")
 
 
 # --------------------------------------------------------------------------- dec finetune

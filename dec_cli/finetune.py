@@ -797,8 +797,7 @@ def finetune(ckpt: str, data: str | Path, out_dir: str | Path, options: Optional
     state = check_out_dir(out, resume)
     saved = json.loads(state["options"]) if state is not None else {}
     cfg = FinetuneConfig.from_options(merge_options(saved, options or {}))
-    info = dist_utils.init_distributed(cfg.device)
-    try:
+    with dist_utils.process_group(cfg.device) as info:
         if cfg.amp and info.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise UsageError("--amp needs bf16 support on this GPU", "drop --amp")
         trainer = Trainer(str(ckpt), str(data), out, cfg, state=state, command=command, on_event=on_event,
@@ -808,6 +807,6 @@ def finetune(ckpt: str, data: str | Path, out_dir: str | Path, options: Optional
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(out)
-        return trainer.run()
-    finally:
-        dist_utils.cleanup()
+        summary = trainer.run()
+        del trainer  # its DistributedDataParallel wrapper holds the process group open
+    return summary
