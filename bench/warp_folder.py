@@ -2,8 +2,9 @@
 
 Builds a tree of about 100 real photographs (resized and cropped variants of
 the sample photos) in a temporary folder, then times, in this one process and
-with one thread, interleaved, best of ``--repeats`` (and the median over rounds of
-the paired ratios, which a single lucky or unlucky run moves less):
+with one thread, interleaved (the order rotates each round, so no loop always
+runs right after another's writes), best of ``--repeats`` (and the median over
+rounds of the paired ratios, which a single lucky or unlucky run moves less):
 
 * ``pillow``: decode, encode with the same save parameters `dec warp` uses;
 * ``dec warp``: the whole job (decode, keyed warp, encode, manifest), one worker;
@@ -13,12 +14,19 @@ the paired ratios, which a single lucky or unlucky run moves less):
 and the warp kernel alone: ``apply_warp`` (grid build + sampling) against
 ``torch.nn.functional.grid_sample`` alone on a 224x224 RGB float image.
 
+Encoding is most of every loop's time and depends on the pixels, so the bench
+also re-encodes, in memory, the PNG pages each loop wrote, with the same
+parameters: the CPU time per file and the bytes show how much of a gap is
+the cost of encoding one warp's output rather than the other's (the warp
+itself is not timed there).
+
     python bench/warp_folder.py [--photos DIR] [--files 100] [--repeats 3] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import shutil
 import statistics
@@ -92,8 +100,39 @@ def albumentations_loop(files: list[Path], root: Path, dst: Path) -> None:
         out.save(target, format=pic.format, **pic.params)
 
 
-def kernel_ratio(repeats: int = 7, n: int = 200) -> dict:
-    """apply_warp (grid build + sampling) over grid_sample alone, 224x224 RGB float32."""
+def output_encode_cost(folders: dict[str, Path], repeats: int = 5) -> dict[str, dict]:
+    """Per loop: CPU ms and kB per file to re-encode, in memory, the PNG pages it wrote.
+
+    Every file is encoded for each loop in turn, ``repeats`` times, keeping each
+    file's fastest time: bursts of load on the machine hit all loops alike.
+    """
+    pages: dict[str, list] = {name: [] for name in folders}
+    for name, folder in folders.items():
+        for f in sorted(folder.rglob("*.png")):
+            pic = images.read_image(f)
+            pages[name].append((pic.pages[0], pic.params))
+    best = {name: [float("inf")] * len(p) for name, p in pages.items()}
+    size = {name: 0 for name in folders}
+    for rep in range(repeats):
+        for i in range(min(len(p) for p in pages.values())):
+            for name in folders:
+                page, params = pages[name][i]
+                buf = io.BytesIO()
+                start = time.process_time()
+                page.save(buf, format="PNG", **params)
+                best[name][i] = min(best[name][i], time.process_time() - start)
+                size[name] += buf.tell() if rep == 0 else 0
+    return {name: {"png_files": len(t), "encode_ms": sum(t) / len(t) * 1e3, "kB": size[name] / len(t) / 1e3}
+            for name, t in best.items()}
+
+
+def kernel_ratio(rounds: int = 21, n: int = 50) -> dict:
+    """apply_warp (grid build + sampling) over grid_sample alone, 224x224 RGB float32.
+
+    Best of many short rounds, the order alternating: on a shared machine, load
+    comes in bursts longer than a round, and each side's quietest round is the
+    closest to its own cost.
+    """
     x = torch.rand(1, 3, 224, 224)
     warp = keyed_warp(0, "kernel")
     grid = sampling_grid(warp, 224, 224)
@@ -104,15 +143,16 @@ def kernel_ratio(repeats: int = 7, n: int = 200) -> dict:
     def t_apply():
         apply_warp(x, warp)
 
-    best = {"grid_sample": float("inf"), "apply_warp": float("inf")}
-    for fn in (t_sample, t_apply):
+    fns = {"grid_sample": t_sample, "apply_warp": t_apply}
+    for fn in fns.values():
         for _ in range(20):
             fn()
-    for _ in range(repeats):
-        for name, fn in (("grid_sample", t_sample), ("apply_warp", t_apply)):
+    best = {name: float("inf") for name in fns}
+    for r in range(rounds):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
             start = time.process_time()  # CPU time: robust to other processes on the machine
             for _ in range(n):
-                fn()
+                fns[name]()
             best[name] = min(best[name], (time.process_time() - start) / n)
     return {"grid_sample_us": best["grid_sample"] * 1e6, "apply_warp_us": best["apply_warp"] * 1e6,
             "ratio": best["apply_warp"] / best["grid_sample"]}
@@ -147,7 +187,7 @@ def main() -> None:
         rounds: list[dict[str, float]] = []  # wall seconds per interleaved round, for paired ratios
         for rep in range(args.repeats):
             rounds.append({})
-            for name in names:
+            for name in names[rep % len(names):] + names[:rep % len(names)]:
                 out = tmp / f"{name}-{rep}"
                 start, start_cpu = time.perf_counter(), time.process_time()
                 if name == "pillow":
@@ -159,11 +199,14 @@ def main() -> None:
                 rounds[-1][name] = time.perf_counter() - start
                 best[name] = min(best[name], rounds[-1][name])
                 best_cpu[name] = min(best_cpu[name], time.process_time() - start_cpu)
-                shutil.rmtree(out)
+                if rep < args.repeats - 1:
+                    shutil.rmtree(out)
+        encode_cost = output_encode_cost({name: tmp / f"{name}-{args.repeats - 1}" for name in names})
     results["files"] = len(files)
     results["megapixels"] = round(megapixels, 2)
     results["files_per_s"] = {k: len(files) / v for k, v in best.items()}
     results["files_per_cpu_s"] = {k: len(files) / v for k, v in best_cpu.items()}
+    results["output_encode"] = encode_cost
     results["dec_vs_pillow"] = best["pillow"] / best["dec_warp"]
     results["dec_vs_pillow_cpu"] = best_cpu["pillow"] / best_cpu["dec_warp"]
     results["dec_vs_pillow_median_round"] = statistics.median(r["pillow"] / r["dec_warp"] for r in rounds)
@@ -191,6 +234,9 @@ def main() -> None:
         print(f"dec warp / albumentations: {results['dec_vs_albumentations']:.2f}x wall, "
               f"{results['dec_vs_albumentations_cpu']:.2f}x CPU, "
               f"{results['dec_vs_albumentations_median_round']:.2f}x median of rounds (target >= 1x)")
+    print("re-encoding each loop's PNG outputs (same parameters, CPU time, warp not timed):")
+    for name, cost in encode_cost.items():
+        print(f"  {name}: {cost['encode_ms']:.2f} ms and {cost['kB']:.1f} kB per file ({cost['png_files']} PNG files)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
