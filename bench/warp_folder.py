@@ -12,7 +12,8 @@ rounds of the paired ratios, which a single lucky or unlucky run moves less):
   parameters (only if albumentations is importable: it is not a dependency);
 
 and the warp kernel alone: ``apply_warp`` (grid build + sampling) against
-``torch.nn.functional.grid_sample`` alone on a 224x224 RGB float image.
+``torch.nn.functional.grid_sample`` alone on a 224x224 RGB float image, in
+short rounds between the folder loops.
 
 Encoding is most of every loop's time and depends on the pixels, so the bench
 also re-encodes, in memory, the PNG pages each loop wrote, with the same
@@ -126,36 +127,45 @@ def output_encode_cost(folders: dict[str, Path], repeats: int = 5) -> dict[str, 
             for name, t in best.items()}
 
 
-def kernel_ratio(rounds: int = 21, n: int = 50) -> dict:
-    """apply_warp (grid build + sampling) over grid_sample alone, 224x224 RGB float32.
+class KernelTimer:
+    """apply_warp (grid build + sampling) against grid_sample alone, 224x224 RGB float32, CPU time.
 
-    Best of many short rounds, the order alternating: on a shared machine, load
-    comes in bursts longer than a round, and each side's quietest round is the
-    closest to its own cost.
+    Timed in short rounds, the order alternating, spread over the whole bench
+    (a few rounds between folder loops): on a shared machine load comes in
+    bursts, and each side's quietest round is the closest to its own cost.
     """
-    x = torch.rand(1, 3, 224, 224)
-    warp = keyed_warp(0, "kernel")
-    grid = sampling_grid(warp, 224, 224)
 
-    def t_sample():
-        F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-    def t_apply():
-        apply_warp(x, warp)
-
-    fns = {"grid_sample": t_sample, "apply_warp": t_apply}
-    for fn in fns.values():
+    def __init__(self, n: int = 50) -> None:
+        self.n = n
+        self.x = torch.rand(1, 3, 224, 224)
+        self.warp = keyed_warp(0, "kernel")
+        self.grid = sampling_grid(self.warp, 224, 224)
+        self.best = {"grid_sample": float("inf"), "apply_warp": float("inf")}
+        self.rounds = 0
         for _ in range(20):
-            fn()
-    best = {name: float("inf") for name in fns}
-    for r in range(rounds):
-        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            start = time.process_time()  # CPU time: robust to other processes on the machine
-            for _ in range(n):
-                fns[name]()
-            best[name] = min(best[name], (time.process_time() - start) / n)
-    return {"grid_sample_us": best["grid_sample"] * 1e6, "apply_warp_us": best["apply_warp"] * 1e6,
-            "ratio": best["apply_warp"] / best["grid_sample"]}
+            self._grid_sample()
+            self._apply_warp()
+
+    def _grid_sample(self) -> None:
+        F.grid_sample(self.x, self.grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def _apply_warp(self) -> None:
+        apply_warp(self.x, self.warp)
+
+    def run(self, rounds: int) -> None:
+        fns = {"grid_sample": self._grid_sample, "apply_warp": self._apply_warp}
+        for _ in range(rounds):
+            order = list(fns) if self.rounds % 2 == 0 else list(fns)[::-1]
+            self.rounds += 1
+            for name in order:
+                start = time.process_time()  # CPU time: robust to other processes on the machine
+                for _ in range(self.n):
+                    fns[name]()
+                self.best[name] = min(self.best[name], (time.process_time() - start) / self.n)
+
+    def result(self) -> dict:
+        return {"grid_sample_us": self.best["grid_sample"] * 1e6, "apply_warp_us": self.best["apply_warp"] * 1e6,
+                "ratio": self.best["apply_warp"] / self.best["grid_sample"], "rounds": self.rounds}
 
 
 def main() -> None:
@@ -176,7 +186,8 @@ def main() -> None:
     except ImportError:
         have_albu = False
 
-    results: dict = {"kernel": kernel_ratio()}
+    results: dict = {}
+    kernel = KernelTimer()
     with tempfile.TemporaryDirectory(prefix="dec-bench-") as tmp:
         tmp = Path(tmp)
         files = make_tree(photos, tmp / "src", args.files)
@@ -201,7 +212,9 @@ def main() -> None:
                 best_cpu[name] = min(best_cpu[name], time.process_time() - start_cpu)
                 if rep < args.repeats - 1:
                     shutil.rmtree(out)
+                kernel.run(rounds=3)
         encode_cost = output_encode_cost({name: tmp / f"{name}-{args.repeats - 1}" for name in names})
+    results["kernel"] = kernel.result()
     results["files"] = len(files)
     results["megapixels"] = round(megapixels, 2)
     results["files_per_s"] = {k: len(files) / v for k, v in best.items()}
