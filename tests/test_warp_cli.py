@@ -4,7 +4,12 @@ resume, bad input, masks, zoom sweeps, and the warp-unwarp round trip."""
 from __future__ import annotations
 
 import json
+import os
+import resource
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +204,34 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(run_dec, sigkill_dec,
     result = run_dec("warp", tree, cut, *options, "--resume", "--json", "-")
     assert result.code == 0, result.err
     assert 0 < json.loads(result.out)["skipped_existing"] < total
+    assert files_of(cut) == files_of(full)
+
+
+def test_a_failed_write_stops_with_one_line_and_resume_finishes(run_dec, tree, tmp_path):
+    """A write the OS refuses (here a file-size limit: EFBIG, as real as a full disk's ENOSPC)
+    stops the run with one line and exit code 1; what was written stays, and --resume finishes."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run_dec("warp", tree, full, "-q").code == 0
+    outputs = [p for p in full.rglob("*") if p.is_file() and p.name != "manifest.jsonl" and not p.name.startswith(".")]
+    limit = max(p.stat().st_size for p in outputs) - 1  # only the largest output cannot be written
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "dec_cli", "warp", str(tree), str(cut), "-q"], env=env,
+                          preexec_fn=limit_file_size, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write ") and "(hint: " in lines[0], lines
+    left = {p.relative_to(cut).as_posix() for p in cut.rglob("*") if p.is_file()}
+    assert not any(".part" in name for name in left)  # the refused temporary is removed
+    written = {name for name in left if not name.rsplit("/", 1)[-1].startswith(".")}
+    assert 0 < len(written) < len(outputs)
+    assert all((cut / name).read_bytes() == (full / name).read_bytes() for name in written)
+    result = run_dec("warp", tree, cut, "-q", "--resume")
+    assert result.code == 0, result.err
     assert files_of(cut) == files_of(full)
 
 
