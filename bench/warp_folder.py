@@ -107,23 +107,21 @@ def output_encode_cost(folders: dict[str, Path], repeats: int = 5) -> dict[str, 
     Every file is encoded for each loop in turn, ``repeats`` times, keeping each
     file's fastest time: bursts of load on the machine hit all loops alike.
     """
-    pages: dict[str, list] = {name: [] for name in folders}
-    for name, folder in folders.items():
-        for f in sorted(folder.rglob("*.png")):
-            pic = images.read_image(f)
-            pages[name].append((pic.pages[0], pic.params))
-    best = {name: [float("inf")] * len(p) for name, p in pages.items()}
+    pages = {name: [images.read_image(f) for f in sorted(folder.rglob("*.png"))] for name, folder in folders.items()}
+    n = min(len(p) for p in pages.values())  # every loop writes the same files
+    best = {name: [float("inf")] * n for name in folders}
     size = {name: 0 for name in folders}
     for rep in range(repeats):
-        for i in range(min(len(p) for p in pages.values())):
+        for i in range(n):
             for name in folders:
-                page, params = pages[name][i]
+                pic = pages[name][i]
                 buf = io.BytesIO()
                 start = time.process_time()
-                page.save(buf, format="PNG", **params)
+                pic.pages[0].save(buf, format="PNG", **pic.params)
                 best[name][i] = min(best[name][i], time.process_time() - start)
-                size[name] += buf.tell() if rep == 0 else 0
-    return {name: {"png_files": len(t), "encode_ms": sum(t) / len(t) * 1e3, "kB": size[name] / len(t) / 1e3}
+                if rep == 0:
+                    size[name] += buf.tell()
+    return {name: {"png_files": n, "encode_ms": sum(t) / n * 1e3, "kB": size[name] / n / 1e3}
             for name, t in best.items()}
 
 

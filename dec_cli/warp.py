@@ -270,10 +270,10 @@ def sampling_grid(warp: Warp, height: int, width: int, *, inverse: bool = False,
     Output pixel ``p`` of ``S(I; l)`` reads the input at ``l^{-1}(p)``; of
     ``S^{-1}`` at ``l(p)``. Coordinates follow ``align_corners=False``.
     """
-    dev, dt = warp.ys_x.device, warp.ys_x.dtype
-    b = warp.batch
     if warp.separable and warp.batch == 1 and _eager_cpu_no_grad(warp):
         return _separable_grid_numpy(warp, height, width, inverse=inverse)
+    dev, dt = warp.ys_x.device, warp.ys_x.dtype
+    b = warp.batch
     if warp.separable:
         # Both axes in one batched interpolation, mapped to [-1, 1] while still 1-D,
         # then written once into the 2-D grid (no broadcast-stack-rescale passes).
