@@ -7,13 +7,13 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from dec_cli.checkpoint import load_model
 from dec_cli.distributed import ShardSampler, shard_indices
 
-from test_evaluate import make_zoom_tree  # noqa: E402  (tests/ is on sys.path under pytest)
+from helpers import assert_metric_close  # noqa: E402  (tests/ is on sys.path under pytest)
+from test_evaluate import make_zoom_tree  # noqa: E402
 
 
 def test_shards_cover_every_index_once():
@@ -48,8 +48,5 @@ def test_torchrun_two_processes_match_single_process(tmp_path, run_dec):
     a, b = one["models"][0], two["models"][0]
     assert a["per_zoom"] == b["per_zoom"] and len(a["per_zoom"]) == 3
     for key, value in a["metrics"].items():
-        if value is None or isinstance(value, int):
-            assert b["metrics"][key] == value, key
-        else:
-            assert b["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+        assert_metric_close(b["metrics"][key], value, key)
     assert [r["pairs"] for r in a["per_strength"]] == [r["pairs"] for r in b["per_strength"]]

@@ -1,0 +1,16 @@
+"""Assertions shared by several test modules."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def assert_metric_close(actual, expected, key: str) -> None:
+    """One report metric equals another: nulls and counts exactly, floats to 1e-6 relative.
+
+    Nulls are compared as nulls because ``pytest.approx(None)`` is a TypeError from pytest 9.2 on.
+    """
+    if expected is None or isinstance(expected, (int, bool)):
+        assert actual == expected, key
+    else:
+        assert actual == pytest.approx(expected, rel=1e-6, abs=1e-9), key
