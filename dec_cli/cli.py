@@ -55,11 +55,16 @@ def console_for(json_dest: Optional[str], quiet: bool = False) -> Console:
 
 
 def progress_bar(console: Console, quiet: bool, *extra_columns: Any) -> Progress:
-    """A Rich progress bar; silent under --quiet or when the console is not a terminal."""
+    """A Rich progress bar; silent under --quiet or when the console is not a terminal.
+
+    A disabled bar also gets a quiet console: Rich 13 and 14.0 print an empty line when a bar
+    stops on a non-terminal, even a disabled one.
+    """
+    disabled = quiet or not console.is_terminal
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), *extra_columns,
         TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=quiet or not console.is_terminal, transient=False,
+        console=Console(stderr=True, quiet=disabled), disable=disabled, transient=False,
     )
 
 
