@@ -265,7 +265,7 @@ def _warp_file(ctx: _Context, rel: str, outs: list[Output], mask_rel: str | None
         return result
     mask_pic = None
     centred = ctx.settings.center == OBJECT
-    if mask_rel is not None and (pending or centred):
+    if mask_rel is not None and (pending or (centred and ctx.boxes is None)):
         try:
             mask_pic = images.read_image(Path(ctx.masks) / mask_rel)
         except (images.ImageReadError, OSError) as exc:
