@@ -608,11 +608,16 @@ def warp_cmd(
     copies: int = typer.Option(1, "--copies", metavar="K", help="Warped copies per image (name.w{i}.ext, i from 0)."),
     zoom: Optional[str] = typer.Option(None, "--zoom", metavar="Z1,Z2,...",
                                        help="Zoom sweep instead of random warps: one output name.z{Z}.ext per factor."),
-    center: Optional[str] = typer.Option(None, "--center", metavar="X,Y",
-                                         help="Zoom centre in [0,1] coordinates (default the image centre)."),
-    radius: float = typer.Option(0.25, "--radius", metavar="R", help="Zoom disc radius, a fraction of the short side."),
+    center: Optional[str] = typer.Option(None, "--center", metavar="X,Y|object",
+                                         help="Zoom centre in [0,1] coordinates (default the image centre), or "
+                                              "'object': each image's object box (--masks or --boxes)."),
+    radius: Optional[float] = typer.Option(None, "--radius", metavar="R",
+                                           help="Zoom disc radius, a fraction of the short side (default 0.25; "
+                                                "with --center object, half the box diagonal)."),
     masks: Optional[str] = typer.Option(None, "--masks", metavar="DIR",
                                         help="Masks named like the images; warped with nearest sampling into DST/masks/."),
+    boxes: Optional[str] = typer.Option(None, "--boxes", metavar="FILE",
+                                        help="Object boxes for --center object: JSON {path: [x0,y0,x1,y1]} or COCO."),
     workers: int = typer.Option(1, "--workers", "-j", help="Worker processes (outputs are identical for any number)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     resume: bool = typer.Option(False, "--resume", help="Finish an interrupted job, keeping the outputs in place."),
@@ -625,8 +630,11 @@ def warp_cmd(
     Example: dec warp photos/ warped/ --seed 1 --scale-range 0.8,1.25 --copies 3
 
     Zoom sweep: dec warp photos/ zoomed/ --zoom 0.8,0.9,1,1.1,1.25 --radius 0.25
+
+    On each object: dec warp photos/ zoomed/ --zoom 0.8,1,1.25 --center object --boxes boxes.json
     """
     from dec_cli.folderwarp import WarpSettings, run_warp
+    from dec_cli.objects import OBJECT
     from dec_cli.warp import parse_scale_range
 
     try:
@@ -634,16 +642,18 @@ def warp_cmd(
     except ValueError as exc:
         fail(str(exc), "for example --scale-range 0.75,1.33")
     zooms = _floats(zoom, "--zoom", "0.8,1,1.25")
-    centre = _floats(center, "--center", "0.5,0.5", count=2)
+    centre = OBJECT if center == OBJECT else _floats(center, "--center", "0.5,0.5", count=2)
     if centre is not None and zooms is None:
-        fail("--center applies to --zoom sweeps only", "add --zoom Z1,Z2,...")
+        fail(f"--center {center} applies to --zoom sweeps only", "add --zoom Z1,Z2,...")
+    if radius is None and centre != OBJECT:
+        radius = WarpSettings.radius
     settings = WarpSettings(seed=seed, scale_range=lo_hi, grid=grid, rows=rows, copies=copies,
                             zooms=zooms, center=centre, radius=radius)
     if zooms is not None and copies != 1:
         fail("--copies and --zoom exclude each other", "a zoom sweep makes one output per factor")
     console = console_for(json_dest, quiet)
     summary = _run_tree_job(run_warp, console, quiet, src=src, dst=dst, settings=settings, masks=masks,
-                            workers=workers, overwrite=overwrite, resume=resume)
+                            boxes=boxes, workers=workers, overwrite=overwrite, resume=resume)
     _tree_report(console, summary, json_dest)
     if summary.bad and not skip_bad:
         raise DecError(f"{len(summary.bad)} file(s) could not be read (listed above); the rest were written",

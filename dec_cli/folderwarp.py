@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Sequence
 
@@ -27,6 +27,7 @@ import torch
 from dec_cli import images
 from dec_cli.errors import DecError, UsageError
 from dec_cli.files import remove_stale_temporaries, write_json, write_text_atomic
+from dec_cli.objects import OBJECT, Box, ObjectError, load_boxes, mask_box, object_disc
 from dec_cli.warp import DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, keyed_warp, zoom_warp
 
 MANIFEST = "manifest.jsonl"
@@ -39,7 +40,10 @@ UNWARP_SAMPLING = "bicubic"
 
 @dataclass(frozen=True)
 class WarpSettings:
-    """What decides every output of a warp job (recorded for --resume)."""
+    """What decides every output of a warp job (recorded for --resume).
+
+    ``center`` ``"object"`` centres each image's zoom on its object's box; ``radius`` None then covers it.
+    """
 
     seed: int = 0
     scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE
@@ -47,8 +51,8 @@ class WarpSettings:
     rows: int = 1
     copies: int = 1
     zooms: tuple[float, ...] | None = None
-    center: tuple[float, float] | None = None
-    radius: float = 0.25
+    center: tuple[float, float] | str | None = None
+    radius: float | None = 0.25
 
     def check(self) -> None:
         """Raise `UsageError` for settings that cannot make a valid warp."""
@@ -58,13 +62,17 @@ class WarpSettings:
             raise UsageError(str(exc), "for example --scale-range 0.75,1.33") from None
         if self.grid < 1 or self.rows < 1 or self.copies < 1:
             raise UsageError(f"--grid, --rows and --copies must be >= 1; got {self.grid}, {self.rows}, {self.copies}")
+        if self.center == OBJECT and self.zooms is None:
+            raise UsageError("--center object applies to --zoom sweeps only", "add --zoom Z1,Z2,...")
         if self.zooms is not None:
             if not self.zooms or any(not (math.isfinite(z) and z > 0) for z in self.zooms):
                 raise UsageError(f"--zoom factors must be positive numbers; got {self.zooms}",
                                  "for example --zoom 0.8,1,1.25")
-            if not 0 < self.radius <= 0.5:
+            if self.radius is None and self.center == OBJECT:
+                return  # each image's disc covers its object (objects.default_radius)
+            if self.radius is None or not 0 < self.radius <= 0.5:
                 raise UsageError(f"--radius must be in (0, 0.5]; got {self.radius}")
-            cx, cy = self.center or (0.5, 0.5)
+            cx, cy = (0.5, 0.5) if self.center in (None, OBJECT) else self.center
             if not (0 <= cx <= 1 and 0 <= cy <= 1):
                 raise UsageError(f"--center must lie in [0, 1]^2; got {cx},{cy}", "for example --center 0.5,0.4")
             if 2 * self.radius * max(self.zooms) >= 1:
@@ -214,6 +222,22 @@ class _Context:
     settings: WarpSettings
     overwrite: bool
     resume: bool
+    boxes: dict[str, Box] | None = None
+
+
+def _object_settings(ctx: _Context, rel: str, size: tuple[int, int], mask_pic: images.Picture | None
+                     ) -> WarpSettings:
+    """The job's settings with the zoom disc centred on this image's object (`ObjectError` if it has none)."""
+    if ctx.boxes is not None:
+        if rel not in ctx.boxes:
+            raise ObjectError("--boxes has no box for it")
+        box = ctx.boxes[rel]
+    elif mask_pic is None:
+        raise ObjectError("it has no readable mask in --masks")
+    else:
+        box = mask_box(mask_pic.pages[0], size)
+    center, radius = object_disc(box, size, max(ctx.settings.zooms), ctx.settings.radius)
+    return replace(ctx.settings, center=center, radius=radius)
 
 
 def _warp_file(ctx: _Context, rel: str, outs: list[Output], mask_rel: str | None) -> dict[str, Any]:
@@ -240,16 +264,24 @@ def _warp_file(ctx: _Context, rel: str, outs: list[Output], mask_rel: str | None
         result["bad"].append({"path": rel, "reason": _read_failure(exc)})
         return result
     mask_pic = None
-    if mask_rel is not None and pending:
+    centred = ctx.settings.center == OBJECT
+    if mask_rel is not None and (pending or (centred and ctx.boxes is None)):
         try:
             mask_pic = images.read_image(Path(ctx.masks) / mask_rel)
         except (images.ImageReadError, OSError) as exc:
             result["bad"].append({"path": f"{MASKS_DIR}/{mask_rel}", "reason": str(exc)})
             mask_rel = None
+    settings = ctx.settings
+    if centred:
+        try:
+            settings = _object_settings(ctx, rel, (w, h), mask_pic)
+        except ObjectError as exc:
+            result["bad"].append({"path": rel, "reason": str(exc)})
+            return result
     for out in outs:
-        warp = warp_for(ctx.settings, rel, out, (h, w))
+        warp = warp_for(settings, rel, out, (h, w))
         mask_out = mask_name(out)
-        result["records"].append(manifest_record(ctx.settings, rel, out, warp, mask_out))
+        result["records"].append(manifest_record(settings, rel, out, warp, mask_out))
         if out not in pending:
             continue
         _write_warped(pic, warp, dst / out.dst, inverse=False)
@@ -339,10 +371,16 @@ def _run_tasks(fn: Callable[..., dict[str, Any]], ctx: _Context, tasks: list[tup
 
 
 def plan_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSettings, *,
-              masks: str | os.PathLike | None = None) -> list[tuple[str, list[Output], str | None]]:
+              masks: str | os.PathLike | None = None, boxes: str | os.PathLike | None = None
+              ) -> list[tuple[str, list[Output], str | None]]:
     """Check paths and settings and list (relative path, outputs, mask) per source image."""
     src, dst = Path(src), Path(dst)
     settings.check()
+    if settings.center == OBJECT and masks is None and boxes is None:
+        raise UsageError("--center object needs the objects: --masks DIR or --boxes FILE",
+                         "give masks named like the images, or a JSON/COCO file of boxes")
+    if boxes is not None and settings.center != OBJECT:
+        raise UsageError("--boxes applies to --center object only", "add --zoom Z1,Z2,... --center object")
     check_tree_paths(src, dst)
     rels = scan_images(src)
     if not rels:
@@ -360,8 +398,8 @@ def plan_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSett
 
 
 def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSettings = WarpSettings(), *,
-             masks: str | os.PathLike | None = None, workers: int = 1, overwrite: bool = False,
-             resume: bool = False, on_start: Callable[[int], None] | None = None,
+             masks: str | os.PathLike | None = None, boxes: str | os.PathLike | None = None, workers: int = 1,
+             overwrite: bool = False, resume: bool = False, on_start: Callable[[int], None] | None = None,
              on_progress: Callable[[int], None] | None = None) -> JobSummary:
     """Warp the tree SRC into DST (see the module docstring); returns the summary."""
     if overwrite and resume:
@@ -369,8 +407,9 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
     if workers < 1:
         raise UsageError(f"--workers must be >= 1; got {workers}")
     src_p, dst_p = Path(src), Path(dst)
-    plan = plan_warp(src_p, dst_p, settings, masks=masks)
-    job = {"settings": asdict(settings), "masks": masks is not None}
+    box_map = None if boxes is None else load_boxes(boxes)
+    plan = plan_warp(src_p, dst_p, settings, masks=masks, boxes=boxes)
+    job = {"settings": asdict(settings), "masks": masks is not None, **({} if boxes is None else {"boxes": True})}
     job = json.loads(json.dumps(job))  # tuples -> lists, as stored on disk
     job_file = dst_p / JOB_FILE
     if resume:
@@ -391,7 +430,8 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
     write_json(job, job_file)
     summary = JobSummary("warp", str(src_p), str(dst_p), files=len(plan),
                          outputs=sum(len(outs) for _, outs, _ in plan), workers=workers)
-    ctx = _Context(str(src_p), str(dst_p), None if masks is None else str(masks), settings, overwrite, resume)
+    ctx = _Context(str(src_p), str(dst_p), None if masks is None else str(masks), settings, overwrite, resume,
+                   box_map)
     if on_start:
         on_start(len(plan))
     start = time.perf_counter()
