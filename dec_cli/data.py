@@ -92,7 +92,7 @@ def scan_image_folder(root: str | Path, labels: Optional[bool] = True) -> ImageF
     if labels:
         data = _scan_classes(root, subdirs)
     else:
-        files = _files(root, _visible(root)) + [f for d in subdirs for f in _files(root, d.rglob("*"))]
+        files = _files(root, [*_visible(root), *(f for d in subdirs for f in d.rglob("*"))])
         data = _scan_files(root, [], [(f, NO_LABEL) for f in files], labels=False)
     if manifest.is_file():
         _attach_manifest(data, manifest)

@@ -268,8 +268,7 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
         data={
             "root": str(data_dir), "labels": data.labels, "classes": len(data.classes),
             "images": len(data.samples), "evaluated": len(data.samples) - len(bad), "unreadable": len(bad),
-            "zoom_sweep": data.zoom_sweep,
-            "zooms": data.zooms(),
+            "zoom_sweep": data.zoom_sweep, "zooms": data.zooms(),
         },
         settings={
             "warps": k, "scale_range": list(settings.scale_range), "grid": settings.grid, "rows": settings.rows,
