@@ -149,7 +149,10 @@ def evaluate_cmd(
                                                  help="DEC checkpoints (.safetensors) or timm model names. "
                                                       "None and no --data: the bundled demo."),
     data: Optional[str] = typer.Option(None, "--data", metavar="DIR", help="ImageFolder tree (one subfolder per "
-                                       "class); a 'dec warp --zoom' tree is reported per zoom factor."),
+                                       "class) or a folder of images without labels; a 'dec warp --zoom' tree "
+                                       "is reported per zoom factor."),
+    no_labels: bool = typer.Option(False, "--no-labels", help="Ignore class folders: every image under DIR, "
+                                   "compared with the model's own clean prediction (accuracies null)."),
     weights: Optional[list[str]] = typer.Option(None, "--weights", metavar="FILE",
                                                 help="Weights for a timm-name MODEL (repeatable: the i-th goes "
                                                      "to the i-th timm name)."),
@@ -228,7 +231,7 @@ def evaluate_cmd(
     specs = [ModelSpec(m, weights=given.get(m) if m in names else None, pretrained=pretrained) for m in models]
     settings = EvalSettings(warps=warps, scale_range=lo_hi, grid=grid, rows=rows, seed=seed, img_size=img_size,
                             limit=limit, batch_size=batch_size, workers=workers, device=device, amp=amp,
-                            compile=compile_, class_map=class_map)
+                            compile=compile_, class_map=class_map, no_labels=no_labels)
     with D.process_group(device) as info:
         quiet_here = quiet or not info.is_main
         console = console_for(json_dest, quiet_here)

@@ -33,6 +33,8 @@ _WNID = re.compile(r"^n\d{8}$")
 
 # --------------------------------------------------------------------------- scanning
 
+NO_LABEL = -1  # Sample.label of a label-free scan
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -40,20 +42,21 @@ class Sample:
 
     path: Path
     rel: str  # posix path relative to the root, also the key of its random warps
-    label: int  # index into ImageFolderData.classes
+    label: int  # index into ImageFolderData.classes (NO_LABEL without labels)
     zoom: Optional[float] = None
     source: Optional[str] = None  # the source image a zoom-sweep output was made from
 
 
 @dataclass
 class ImageFolderData:
-    """The result of scanning an ImageFolder tree."""
+    """The result of scanning an image tree: an ImageFolder tree, or images without labels."""
 
     root: Path
     classes: list[str]
     samples: list[Sample]
     zoom_sweep: bool = False
     ignored: list[str] = field(default_factory=list)  # files skipped by extension
+    labels: bool = True  # False: no classes; every sample's label is NO_LABEL
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -62,50 +65,83 @@ class ImageFolderData:
         """The first ``n`` samples (in sorted path order); ``None`` keeps all."""
         if n is None:
             return self
-        return ImageFolderData(self.root, self.classes, self.samples[:n], self.zoom_sweep, self.ignored)
+        return ImageFolderData(self.root, self.classes, self.samples[:n], self.zoom_sweep, self.ignored, self.labels)
 
     def zooms(self) -> list[float]:
         """The distinct zoom factors, sorted (empty unless a zoom sweep)."""
         return sorted({s.zoom for s in self.samples if s.zoom is not None})
 
 
-def scan_image_folder(root: str | Path) -> ImageFolderData:
-    """Scan ``root/CLASS/.../file.ext`` in sorted order; bad trees raise ``UsageError``."""
+def scan_image_folder(root: str | Path, labels: Optional[bool] = True) -> ImageFolderData:
+    """Scan an image tree in sorted order; bad trees raise ``UsageError``.
+
+    ``labels=True``: ``root/CLASS/.../file.ext``, one subfolder per class.
+    ``labels=False``: every image under ``root``, at any depth, without labels.
+    ``labels=None``: class folders when there are any, else the images directly
+    in ``root`` without labels (a flat folder of photos).
+    """
     root = Path(root)
     if not root.exists():
         raise UsageError(f"data directory {root} does not exist", "pass --data DIR with one subfolder per class")
     if not root.is_dir():
         raise UsageError(f"data path {root} is not a directory", "pass --data DIR with one subfolder per class")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     manifest = root / MANIFEST_NAME
-    if manifest.is_file() and (root / MASKS_DIR).is_dir():
-        # `dec warp --masks` puts warped masks in DST/masks/: not a class of the tree.
-        rows = read_manifest(manifest)
-        if not any(str(r["dst"]).startswith(MASKS_DIR + "/") for r in rows):
-            class_dirs = [p for p in class_dirs if p.name != MASKS_DIR]
-    if not class_dirs:
-        has_files = any(p.is_file() and not p.name.startswith(".") for p in root.iterdir())
-        what = "has no class folders" if has_files else "is empty"
-        raise UsageError(f"data directory {root} {what}", "put images in one subfolder per class (ImageFolder layout)")
-    classes = [p.name for p in class_dirs]
-    samples: list[Sample] = []
-    ignored: list[str] = []
-    for label, class_dir in enumerate(class_dirs):
-        for path in sorted(class_dir.rglob("*")):
-            if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
-                continue
-            rel = path.relative_to(root).as_posix()
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                samples.append(Sample(path, rel, label))
-            else:
-                ignored.append(rel)
-    if not samples:
-        raise UsageError(f"data directory {root} has class folders but no images",
-                         f"supported extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}")
-    data = ImageFolderData(root, classes, samples, ignored=ignored)
+    subdirs = [p for p in _visible(root) if p.is_dir() and not _is_mask_dir(p, manifest)]
+    if labels is None:
+        labels = bool(subdirs)
+    if labels:
+        data = _scan_classes(root, subdirs)
+    else:
+        files = _files(root, [*_visible(root), *(f for d in subdirs for f in d.rglob("*"))])
+        data = _scan_files(root, [], [(f, NO_LABEL) for f in files], labels=False)
     if manifest.is_file():
         _attach_manifest(data, manifest)
     return data
+
+
+def _visible(folder: Path) -> list[Path]:
+    """The entries of ``folder`` (sorted) whose names do not start with a dot."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _files(root: Path, paths: Iterable[Path]) -> list[Path]:
+    """The regular files among ``paths`` (sorted), leaving out hidden ones and those in hidden folders."""
+    return sorted(p for p in paths
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def _is_mask_dir(folder: Path, manifest: Path) -> bool:
+    """`dec warp --masks` puts warped masks in DST/masks/: not part of the tree's images."""
+    if folder.name != MASKS_DIR or not manifest.is_file():
+        return False
+    return not any(str(r["dst"]).startswith(MASKS_DIR + "/") for r in read_manifest(manifest))
+
+
+def _scan_classes(root: Path, class_dirs: list[Path]) -> ImageFolderData:
+    """An ImageFolder tree: the class of a file is its top-level folder under ``root``."""
+    if not class_dirs:
+        has_files = any(p.is_file() for p in _visible(root))
+        what = "has no class folders" if has_files else "is empty"
+        raise UsageError(f"data directory {root} {what}", "put images in one subfolder per class (ImageFolder layout)")
+    files = [(f, label) for label, d in enumerate(class_dirs) for f in _files(root, d.rglob("*"))]
+    return _scan_files(root, [d.name for d in class_dirs], files, labels=True)
+
+
+def _scan_files(root: Path, classes: list[str], files: list[tuple[Path, int]], *, labels: bool) -> ImageFolderData:
+    """Samples from ``(path, label)`` pairs: image extensions kept, other files listed as ignored."""
+    samples: list[Sample] = []
+    ignored: list[str] = []
+    for path, label in files:
+        rel = path.relative_to(root).as_posix()
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            samples.append(Sample(path, rel, label))
+        else:
+            ignored.append(rel)
+    if not samples:
+        where = "has class folders but no images" if labels else ("has no images" if files else "is empty")
+        raise UsageError(f"data directory {root} {where}",
+                         f"supported extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}")
+    return ImageFolderData(root, classes, samples, ignored=ignored, labels=labels)
 
 
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from dec_cli import distributed as D
 from dec_cli.data import ImageDataset, ImageFolderData, collate_skip, data_config, eval_transform, scan_image_folder
 from dec_cli.data import class_to_output
 from dec_cli.errors import UsageError
-from dec_cli.metrics import Threshold, batch_records, concat_records, summarize, warp_strength
+from dec_cli.metrics import LABEL_METRICS, Threshold, batch_records, concat_records, summarize, warp_strength
 from dec_cli.warp import DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, key_seed, random_warp
 
 SCHEMA_VERSION = 1
@@ -50,6 +50,7 @@ class EvalSettings:
     amp: bool = False
     compile: bool = False
     class_map: Optional[str] = None
+    no_labels: bool = False  # compare with the model's own clean predictions even on a labelled tree
 
 
 @dataclass
@@ -70,7 +71,7 @@ class ModelResult:
     model_name: str
     dec: bool
     num_classes: int
-    class_mapping: str
+    class_mapping: Optional[str]  # None in a label-free run
     input_size: list[int]
     metrics: dict[str, Any]
     per_zoom: list[dict[str, Any]]
@@ -198,14 +199,19 @@ def check_settings(settings: EvalSettings) -> None:
         raise UsageError(str(exc), "use --scale-range LO,HI such as 0.75,1.33") from None
 
 
-def check_thresholds_available(thresholds: Sequence[Threshold], *, warps: int, zoom_sweep: bool) -> None:
+def check_thresholds_available(thresholds: Sequence[Threshold], *, warps: int, zoom_sweep: bool,
+                                labels: bool = True) -> None:
     """A ``--fail-if`` on a metric this run cannot compute is a usage error, found before any work."""
     for t in thresholds:
+        if t.metric in LABEL_METRICS and not labels:
+            raise UsageError(f"--fail-if {t.expr!r}: {t.metric} needs labels but this run has none "
+                             "(no class folders, or --no-labels)",
+                             "gate on consistency, inv_error, zoom_consistency_min or flip_rate instead")
         if t.metric in ("warped_top1", "warped_top5", "inv_error", "sym_kl", "consistency") and warps == 0:
             raise UsageError(f"--fail-if {t.expr!r}: {t.metric} needs random warps but --warps is 0",
                              "pass --warps K with K > 0"
                              + (", or use zoom_top1_min / zoom_consistency_min on a zoom sweep" if zoom_sweep else ""))
-        if t.metric in ("zoom_top1_min", "zoom_consistency_min") and not zoom_sweep:
+        if t.metric in ("zoom_top1_min", "zoom_consistency_min", "flip_rate") and not zoom_sweep:
             raise UsageError(f"--fail-if {t.expr!r}: {t.metric} needs a zoom-sweep tree (one with manifest.jsonl)",
                              "build one with 'dec warp --zoom'")
 
@@ -218,9 +224,9 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
     if not specs:
         raise UsageError("no MODEL given", "pass a DEC checkpoint or a timm model name")
     dist_info = D.init_distributed(settings.device)
-    data = scan_image_folder(data_dir).limit(settings.limit)
+    data = scan_image_folder(data_dir, labels=False if settings.no_labels else None).limit(settings.limit)
     k = resolve_warps(settings, data)
-    check_thresholds_available(thresholds, warps=k, zoom_sweep=data.zoom_sweep)
+    check_thresholds_available(thresholds, warps=k, zoom_sweep=data.zoom_sweep, labels=data.labels)
     zooms = [s.zoom for s in data.samples]
     sources = [s.source for s in data.samples]
     strength_max = max(1.0 / settings.scale_range[0], settings.scale_range[1])
@@ -233,7 +239,7 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
         info = _model_info(model, spec)
         mapping, how = class_to_output(data.classes, num_classes=int(info["num_classes"]),
                                        class_names=info.get("class_names"), class_map=settings.class_map,
-                                       model_name=name)
+                                       model_name=name) if data.labels else (None, None)
         cfg = data_config(model, settings.img_size)
         transform = eval_transform(model, settings.img_size)
         decs = _dec_modules(model, info)
@@ -249,7 +255,7 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
                              f"(first: {first}: {unreadable[min(unreadable)]})",
                              "check the files are images Pillow can open")
         summary = summarize(records, zooms=zooms if data.zoom_sweep else None, sources=sources,
-                            strength_max=strength_max)
+                            strength_max=strength_max, labels=data.labels)
         results.append(ModelResult(
             name=name, source=spec.source, model_name=str(info["model_name"]), dec=bool(info.get("dec")),
             num_classes=int(info["num_classes"]), class_mapping=how, input_size=list(cfg["input_size"]),
@@ -260,9 +266,9 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
     bad = [{"path": data.samples[i].rel, "reason": unreadable[i]} for i in sorted(unreadable)]
     report = Report(
         data={
-            "root": str(data_dir), "classes": len(data.classes), "images": len(data.samples),
-            "evaluated": len(data.samples) - len(bad), "unreadable": len(bad), "zoom_sweep": data.zoom_sweep,
-            "zooms": data.zooms(),
+            "root": str(data_dir), "labels": data.labels, "classes": len(data.classes),
+            "images": len(data.samples), "evaluated": len(data.samples) - len(bad), "unreadable": len(bad),
+            "zoom_sweep": data.zoom_sweep, "zooms": data.zooms(),
         },
         settings={
             "warps": k, "scale_range": list(settings.scale_range), "grid": settings.grid, "rows": settings.rows,

@@ -10,7 +10,13 @@ size or world size). Definitions (README "Metrics"):
 - symmetric KL: mean of ``(KL(p||q) + KL(q||p)) / 2`` with ``p = softmax f(x)``, ``q = softmax f(Sx)``;
 - consistency: fraction of (image, warp) pairs whose top-1 class does not change;
 - zoom sweeps: top-1 per zoom factor, and consistency of each image's top-1
-  with that of the zoom-1.0 image made from the same source.
+  with that of the zoom-1.0 image made from the same source;
+- flip rate: ImageNet-P's flip probability (Hendrycks & Dietterich 2019) over
+  zoom sweeps, the fraction of adjacent zoom factors (sorted, per source
+  image) between which the top-1 class changes.
+
+Without labels (``labels=False``) every accuracy is null; the agreement
+metrics only compare the model with itself and are computed as usual.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from dec_cli.errors import UsageError
 
 STRENGTH_BINS = 4
 ZOOM_IDENTITY = 1.0
+# Metrics that compare predictions with labels: null in a label-free run.
+LABEL_METRICS = ("top1", "top5", "warped_top1", "warped_top5", "zoom_top1_min")
 
 
 # --------------------------------------------------------------------------- per-batch tensors
@@ -126,12 +134,13 @@ def _mean(values: np.ndarray) -> Optional[float]:
 
 def summarize(rec: dict[str, np.ndarray], *, zooms: Optional[Sequence[Optional[float]]] = None,
               sources: Optional[Sequence[Optional[str]]] = None,
-              strength_max: Optional[float] = None) -> dict[str, Any]:
+              strength_max: Optional[float] = None, labels: bool = True) -> dict[str, Any]:
     """Aggregate sorted records into ``metrics``, ``per_zoom`` and ``per_strength``.
 
     ``zooms``/``sources`` are indexed by image index (None where not a zoom
     output). ``strength_max`` is the top of the strength bins (the scale range's
-    widest factor, ``max(1/lo, hi)``).
+    widest factor, ``max(1/lo, hi)``). ``labels=False`` nulls every accuracy
+    (the records' targets mean nothing then).
     """
     rec = sort_records(rec)
     n = int(rec["index"].size) if rec else 0
@@ -142,7 +151,7 @@ def summarize(rec: dict[str, np.ndarray], *, zooms: Optional[Sequence[Optional[f
         "pairs": 0,
         "warped_top1": None, "warped_top5": None,
         "inv_error": None, "sym_kl": None, "consistency": None,
-        "zoom_top1_min": None, "zoom_consistency_min": None,
+        "zoom_top1_min": None, "zoom_consistency_min": None, "flip_rate": None,
         "residual_mean": None, "residual_max": None,
     }
     if n and "wpred" in rec:
@@ -162,7 +171,14 @@ def summarize(rec: dict[str, np.ndarray], *, zooms: Optional[Sequence[Optional[f
         metrics["zoom_top1_min"] = min(row["top1"] for row in per_zoom)
         cons = [row["consistency"] for row in per_zoom if row["consistency"] is not None]
         metrics["zoom_consistency_min"] = min(cons) if cons else None
+        metrics["flip_rate"] = flip_rate(rec, zooms, sources)
     per_strength = strength_table(rec, strength_max) if (n and "strength" in rec) else []
+    if not labels:
+        metrics.update(dict.fromkeys(LABEL_METRICS))
+        for row in per_zoom:
+            row.update(top1=None, top5=None)
+        for row in per_strength:
+            row["top1"] = None
     return {"metrics": metrics, "per_zoom": per_zoom, "per_strength": per_strength}
 
 
@@ -189,6 +205,26 @@ def zoom_table(rec: dict[str, np.ndarray], zooms: Sequence[Optional[float]],
             "groups": len(agree),
         })
     return rows
+
+
+def flip_rate(rec: dict[str, np.ndarray], zooms: Sequence[Optional[float]],
+              sources: Sequence[Optional[str]]) -> Optional[float]:
+    """The probability that top-1 changes between adjacent zoom factors (None without such pairs).
+
+    ImageNet-P's flip probability (Hendrycks & Dietterich 2019): the outputs of
+    each source image, sorted by zoom factor, form a sequence; the flips over
+    all adjacent pairs of all sequences divided by the number of pairs.
+    """
+    sequences: dict[str, list[tuple[float, int]]] = {}
+    for j, i in enumerate(rec["index"]):
+        if zooms[i] is not None and sources[i] is not None:
+            sequences.setdefault(sources[i], []).append((float(zooms[i]), int(rec["pred"][j])))
+    flips = pairs = 0
+    for seq in sequences.values():
+        preds = [pred for _, pred in sorted(seq)]
+        flips += sum(a != b for a, b in zip(preds, preds[1:]))
+        pairs += len(preds) - 1
+    return flips / pairs if pairs else None
 
 
 def strength_edges(strength_max: float, bins: int = STRENGTH_BINS) -> list[float]:
@@ -233,6 +269,7 @@ FAIL_METRICS = {
     "consistency": "fraction of (image, warp) pairs whose top-1 is unchanged",
     "zoom_top1_min": "lowest top-1 over zoom factors (zoom sweeps)",
     "zoom_consistency_min": "lowest consistency with zoom 1.0 over zoom factors (zoom sweeps)",
+    "flip_rate": "probability that top-1 changes between adjacent zoom factors (zoom sweeps)",
     "residual_mean": "mean DEC solver residual (DEC models)",
     "residual_max": "largest DEC solver residual (DEC models)",
     "unreadable": "number of unreadable images skipped",

@@ -3,15 +3,17 @@
 JSON schema (``schema_version`` 1; keys are only ever added, never renamed):
 
 - ``schema_version`` (int), ``tool`` {``name``, ``version``, ``command``};
-- ``data``: ``root``, ``classes``, ``images`` (after ``--limit``), ``evaluated``,
+- ``data``: ``root``, ``labels`` (false: no class folders or ``--no-labels``; every
+  accuracy is then null), ``classes``, ``images`` (after ``--limit``), ``evaluated``,
   ``unreadable`` (count), ``zoom_sweep`` (bool), ``zooms`` (sorted factors);
 - ``settings``: ``warps``, ``scale_range``, ``grid``, ``rows``, ``seed``,
   ``img_size``, ``limit``, ``amp``;
 - ``models``: one object per MODEL, in command-line order: ``name``, ``source``,
-  ``model_name``, ``dec``, ``num_classes``, ``class_mapping``, ``input_size``,
+  ``model_name``, ``dec``, ``num_classes``, ``class_mapping`` (null without
+  labels), ``input_size``,
   ``metrics`` {``images``, ``top1``, ``top5``, ``pairs``, ``warped_top1``,
   ``warped_top5``, ``inv_error``, ``sym_kl``, ``consistency``,
-  ``zoom_top1_min``, ``zoom_consistency_min``, ``residual_mean``,
+  ``zoom_top1_min``, ``zoom_consistency_min``, ``flip_rate``, ``residual_mean``,
   ``residual_max``} (null when not computed; identical across runs for a
   fixed seed), ``per_zoom`` [{``zoom``, ``images``, ``top1``, ``top5``,
   ``consistency``, ``groups``}], ``per_strength`` [{``strength_lo``,
@@ -36,10 +38,11 @@ from dec_cli.files import atomic_path, write_text_atomic
 SUMMARY_COLUMNS = [
     ("top1", "top-1"), ("top5", "top-5"), ("warped_top1", "warped top-1"), ("inv_error", "inv. error"),
     ("sym_kl", "sym. KL"), ("consistency", "consistency"), ("zoom_top1_min", "min zoom top-1"),
-    ("zoom_consistency_min", "min zoom consist."), ("residual_mean", "DEC residual mean"),
-    ("residual_max", "DEC residual max"),
+    ("zoom_consistency_min", "min zoom consist."), ("flip_rate", "flip rate"),
+    ("residual_mean", "DEC residual mean"), ("residual_max", "DEC residual max"),
 ]
-_PERCENT = {"top1", "top5", "warped_top1", "consistency", "zoom_top1_min", "zoom_consistency_min"}
+_PERCENT = {"top1", "top5", "warped_top1", "consistency", "zoom_top1_min", "zoom_consistency_min", "flip_rate"}
+NO_LABELS = "no labels (metrics compare each model with itself)"
 
 
 def fmt(key: str, value: Any) -> str:
@@ -66,31 +69,50 @@ def _summary_rows(report) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _labelled(report) -> bool:
+    return report.data.get("labels", True)
+
+
+def _pair_cell(report, row: Optional[dict[str, Any]]) -> str:
+    """A per-zoom or per-strength cell: top-1 / consistency, or consistency alone without labels."""
+    if row is None:
+        return "-"
+    if not _labelled(report):
+        return fmt("consistency", row["consistency"])
+    return f"{fmt('top1', row['top1'])} / {fmt('consistency', row['consistency'])}"
+
+
+def _pair_header(report, name: str) -> str:
+    return f"{name} top-1 / consist." if _labelled(report) else f"{name} consist."
+
+
 def _zoom_rows(report) -> tuple[list[str], list[list[str]]]:
     zooms = report.data.get("zooms") or []
-    header = ["zoom"] + [f"{m.name} top-1 / consist." for m in report.models]
+    header = ["zoom"] + [_pair_header(report, m.name) for m in report.models]
     rows = []
     for z in zooms:
         row = [f"{z:g}"]
         for m in report.models:
-            match = [r for r in m.per_zoom if r["zoom"] == z]
-            row.append(f"{fmt('top1', match[0]['top1'])} / {fmt('consistency', match[0]['consistency'])}"
-                       if match else "-")
+            row.append(_pair_cell(report, next((r for r in m.per_zoom if r["zoom"] == z), None)))
         rows.append(row)
     return header, rows
 
 
 def _strength_rows(report) -> tuple[list[str], list[list[str]]]:
     first = next((m.per_strength for m in report.models if m.per_strength), [])
-    header = ["warp strength"] + [f"{m.name} top-1 / consist." for m in report.models]
+    header = ["warp strength"] + [_pair_header(report, m.name) for m in report.models]
     rows = []
     for i, b in enumerate(first):
         row = [f"{b['strength_lo']:.3f}-{b['strength_hi']:.3f} ({b['pairs']} pairs)"]
         for m in report.models:
-            r = m.per_strength[i] if i < len(m.per_strength) else None
-            row.append(f"{fmt('top1', r['top1'])} / {fmt('consistency', r['consistency'])}" if r else "-")
+            row.append(_pair_cell(report, m.per_strength[i] if i < len(m.per_strength) else None))
         rows.append(row)
     return header, rows
+
+
+def _classes_text(report) -> str:
+    d = report.data
+    return f"{d['classes']} classes" if _labelled(report) else NO_LABELS
 
 
 def render_tables(report, console: Console, *, max_unreadable: int = 10) -> None:
@@ -98,7 +120,8 @@ def render_tables(report, console: Console, *, max_unreadable: int = 10) -> None
     d = report.data
     s = report.settings
     what = "zoom sweep" if d["zoom_sweep"] else "image folder"
-    console.print(f"[bold]{what}[/bold] {escape(str(d['root']))}: {d['evaluated']} images evaluated, {d['classes']} classes"
+    console.print(f"[bold]{what}[/bold] {escape(str(d['root']))}: {d['evaluated']} images evaluated, "
+                  f"{_classes_text(report)}"
                   + (f", {d['unreadable']} unreadable skipped" if d["unreadable"] else "")
                   + (f"; {s['warps']} warps/image, scale range {s['scale_range'][0]:g}..{s['scale_range'][1]:g},"
                      f" seed {s['seed']}" if s["warps"] else ""))
@@ -131,7 +154,7 @@ def to_markdown(report) -> str:
     s = report.settings
     lines = ["# dec evaluate report", "",
              f"Data: `{d['root']}` ({'zoom sweep' if d['zoom_sweep'] else 'image folder'}), "
-             f"{d['evaluated']} images evaluated, {d['classes']} classes, {d['unreadable']} unreadable skipped.",
+             f"{d['evaluated']} images evaluated, {_classes_text(report)}, {d['unreadable']} unreadable skipped.",
              f"Settings: {s['warps']} warps per image, scale range {s['scale_range'][0]:g}..{s['scale_range'][1]:g}, "
              f"grid {s['grid']}, rows {s['rows']}, seed {s['seed']}.", ""]
     sections = [("Summary", _summary_rows(report))]
@@ -191,7 +214,8 @@ def write_plot(report, path: str | Path, *, size: tuple[int, int] = (1000, 440))
     width, height = size
     panel_w = (width - 40) // 2
     legend_h = 18 * len(series) + 10
-    for p, (title, pick) in enumerate([("top-1 accuracy", 1), ("consistency", 2)]):
+    accuracy = "top-1 accuracy" if _labelled(report) else "top-1 accuracy: no labels"
+    for p, (title, pick) in enumerate([(accuracy, 1), ("consistency", 2)]):
         left = 20 + p * (panel_w + 20) + 45
         right = 20 + p * (panel_w + 20) + panel_w - 10
         top, bottom = 30, height - 45 - legend_h

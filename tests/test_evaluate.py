@@ -163,8 +163,8 @@ def test_json_schema_and_unreadable_files(run_dec, assets):
     doc = _json(run_dec, "test_resnet", "--weights", assets["weights"], "--data", assets["tree"], "--warps", "1")
     assert doc["schema_version"] == 1
     assert set(doc) == {"schema_version", "tool", "data", "settings", "models", "unreadable", "fail_if"}
-    assert doc["data"] == {"root": str(assets["tree"]), "classes": 3, "images": 10, "evaluated": 9,
-                           "unreadable": 1, "zoom_sweep": False, "zooms": []}
+    assert doc["data"] == {"root": str(assets["tree"]), "labels": True, "classes": 3, "images": 10,
+                           "evaluated": 9, "unreadable": 1, "zoom_sweep": False, "zooms": []}
     assert [b["path"] for b in doc["unreadable"]] == ["square/broken.png"] and doc["unreadable"][0]["reason"]
     assert set(doc["settings"]) == {"warps", "scale_range", "grid", "rows", "seed", "img_size", "limit", "amp"}
     model = doc["models"][0]
@@ -172,7 +172,8 @@ def test_json_schema_and_unreadable_files(run_dec, assets):
                           "metrics", "per_zoom", "per_strength", "timing"}
     assert set(model["metrics"]) == {"images", "top1", "top5", "pairs", "warped_top1", "warped_top5", "inv_error",
                                      "sym_kl", "consistency", "zoom_top1_min", "zoom_consistency_min",
-                                     "residual_mean", "residual_max"}
+                                     "flip_rate", "residual_mean", "residual_max"}
+    assert model["metrics"]["flip_rate"] is None  # no zoom sweep
     assert model["input_size"] == [3, 32, 32] and model["class_mapping"] == "sorted-folders"
     assert sum(b["pairs"] for b in model["per_strength"]) == 9
     assert model["timing"]["latency_ms"] > 0
@@ -235,6 +236,10 @@ def test_zoom_sweep_grouping(run_dec, assets, tmp_path):
         assert row["consistency"] == sum(pred[f] == pred[r] for f, r in zip(files, refs)) / 4
     assert m["metrics"]["zoom_top1_min"] == min(r["top1"] for r in m["per_zoom"])
     assert m["metrics"]["zoom_consistency_min"] == min(r["consistency"] for r in m["per_zoom"])
+    # Flip rate by hand: each source's predictions in zoom order, flips between neighbours.
+    flips = [pred[f"{k}/{k}{v}.z{format(a, 'g')}.png"] != pred[f"{k}/{k}{v}.z{format(b, 'g')}.png"]
+             for k in CLASSES[:2] for v in range(2) for a, b in zip(ZOOMS, ZOOMS[1:])]
+    assert len(flips) == 8 and m["metrics"]["flip_rate"] == sum(flips) / 8
     assert png.is_file()
 
 
@@ -289,21 +294,22 @@ def test_fail_if_exit_codes(run_dec, assets):
     assert unknown.code == 2 and "unknown metric 'accuracy'" in unknown.err
     needs_warps = run_dec(*base, "--warps", "0", "--fail-if", "consistency<0.9")
     assert needs_warps.code == 2 and "needs random warps" in needs_warps.err
-    needs_zoom = run_dec(*base, "--fail-if", "zoom_top1_min<0.5")
-    assert needs_zoom.code == 2 and "zoom-sweep" in needs_zoom.err
+    for rule in ("zoom_top1_min<0.5", "flip_rate>0.1"):
+        needs_zoom = run_dec(*base, "--fail-if", rule)
+        assert needs_zoom.code == 2 and "zoom-sweep" in needs_zoom.err
     needs_dec = run_dec(*base, "--fail-if", "residual_max>1")
     assert needs_dec.code == 2 and "no model has DEC modules" in needs_dec.err
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "no-class-folders", "no-images", "class-count",
-                                  "all-unreadable"])
+@pytest.mark.parametrize("case", ["missing", "empty", "flat-no-images", "no-images", "class-count",
+                                  "all-unreadable", "no-labels-no-images"])
 def test_bad_data_is_a_one_line_usage_error(run_dec, assets, tmp_path, case):
     data = tmp_path / "data"
     if case != "missing":
         data.mkdir()
-    if case == "no-class-folders":
-        _picture("circle", 0).save(data / "loose.png")
-    if case == "no-images":
+    if case == "flat-no-images":
+        (data / "readme.txt").write_text("x")
+    if case in ("no-images", "no-labels-no-images"):
         (data / "cls").mkdir()
         (data / "cls" / "readme.txt").write_text("x")
     if case == "class-count":
@@ -315,12 +321,15 @@ def test_bad_data_is_a_one_line_usage_error(run_dec, assets, tmp_path, case):
     if case == "all-unreadable":
         (tmp_path / "map.txt").write_text("cls\n")
         model += ("--class-map", tmp_path / "map.txt")
+    if case == "no-labels-no-images":
+        model += ("--no-labels",)
     result = run_dec("evaluate", *model, "--data", data, "--img-size", IMG, "--quiet")
     assert result.code == 2, result.err
     lines = result.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.err
-    expected = {"missing": "does not exist", "empty": "is empty", "no-class-folders": "has no class folders",
-                "no-images": "no images", "class-count": "3 class folders but test_resnet has 1000 outputs",
+    expected = {"missing": "does not exist", "empty": "is empty", "flat-no-images": "has no images",
+                "no-images": "has class folders but no images", "no-labels-no-images": f"{data} has no images",
+                "class-count": "3 class folders but test_resnet has 1000 outputs",
                 "all-unreadable": "none of the 1 images"}
     assert expected[case] in lines[0]
 
