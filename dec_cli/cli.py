@@ -237,6 +237,8 @@ def evaluate_cmd(
 
             report = evaluate(specs, data, settings, thresholds=thresholds, progress=on_progress)
         if info.is_main:
+            for m in report.models:
+                _print_conversion(console, m.weights_conversion)
             render_tables(report, console)
             emit_json(report.to_dict(), json_dest)
             for path in write_outputs(report, markdown=markdown, plot=plot):
@@ -331,6 +333,7 @@ def finetune_cmd(
                           f" on {ev['train_images']} train / {ev['val_images']} val images, "
                           f"{len(ev['classes'])} classes, {ev['device']} x{ev['world_size']}, "
                           f"epochs {ev['start_epoch']}..{ev['epochs']}", soft_wrap=True)
+            _print_conversion(console, ev.get("weights_conversion"))
             bar.start()
             tasks["run"] = bar.add_task("run", total=ev["epochs"], completed=ev["start_epoch"] - 1, stats="")
         elif kind == "epoch_start":
@@ -376,6 +379,14 @@ def finetune_cmd(
 
 def _fmt_count(n: Any) -> str:
     return f"{int(n):,}" if isinstance(n, (int, float)) else "-"
+
+
+def _print_conversion(console: Console, conversion: Optional[dict]) -> None:
+    """Say that --weights were renamed from a foreign key layout (one line; nothing when they were not)."""
+    if conversion:
+        from dec_cli.foreign_weights import describe
+
+        console.print(describe(conversion), markup=False, soft_wrap=True)
 
 
 def _points_table(title: str, points: list[dict]) -> Any:
@@ -436,8 +447,10 @@ def retrofit_cmd(
     from dec_cli.retrofit import backbone_parameters, count_parameters, dec_parameters, insertion_table, retrofit
 
     torch.manual_seed(seed)
+    console = console_for(json_dest, quiet)
     net = create_backbone(model, weights=weights, pretrained=use_pretrained, num_classes=num_classes,
                           img_size=img_size)
+    _print_conversion(console, net.dec_info.get("weights_conversion"))
     retrofit(net, recipe=recipe, at=at, mode=mode, grid=grid, rows=rows, iters=iters, img_size=img_size)
     argv = sys.argv[1:] if "retrofit" in sys.argv[1:] else ["retrofit", model, "-o", output]
     options = {"recipe": recipe, "at": at, "mode": mode, "grid": grid, "rows": rows, "iters": iters,
@@ -452,7 +465,8 @@ def retrofit_cmd(
                "num_classes": info["num_classes"], "dec_settings": rec["dec"], "points": rec["points"],
                "layers": insertion_table(net),
                "parameters": {"backbone": n_bb, "dec": n_dec, "dec_fraction": n_dec / max(n_bb, 1)}}
-    console = console_for(json_dest, quiet)
+    if rec["name"] == "auto":
+        console.print(f"recipe auto: {rec['description']}", markup=False, soft_wrap=True)
     console.print(_points_table(f"{model}: recipe {rec['name']}, mode {rec['mode']}", rec["points"]))
     s = rec["dec"]
     console.print(f"DEC: grid {s['grid']}, rows {s['rows']}, iters {s['iters']}, channels {s['channels']}, "
@@ -506,13 +520,14 @@ def info_cmd(
 def models_cmd(
     json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write the recipes as JSON."),
 ) -> None:
-    """List the built-in retrofit recipes and the timm model name patterns they cover.
+    """List the built-in retrofit recipes and the timm names they cover; other names get an automatic recipe.
 
     Example: dec models --json -
     """
     import timm
     from rich.table import Table
 
+    from dec_cli.autorecipe import AUTO, SUMMARY
     from dec_cli.retrofit import builtin_recipes
 
     rows = []
@@ -528,7 +543,9 @@ def models_cmd(
         table.add_row(d["name"], " ".join(d["patterns"]), d["layout"], ",".join(d["at"]), d["mode"],
                       str(d["covered_models"]))
     console.print(table)
-    emit_json({"recipes": rows}, json_dest)
+    console.print(SUMMARY[0].upper() + SUMMARY[1:] + ".", markup=False, soft_wrap=True)
+    emit_json({"recipes": rows, "auto": {"name": AUTO, "covers": "timm names no recipe matches",
+                                         "description": SUMMARY}}, json_dest)
 
 
 # --------------------------------------------------------------------------- dec warp / dec unwarp
