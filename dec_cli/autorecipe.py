@@ -58,8 +58,11 @@ def _spatial_layouts(shape: tuple) -> set[str]:
     return ({"nchw"} if d2 == d3 else set()) | ({"nhwc"} if d1 == d2 else set())
 
 
-def _read(path: str, shape: Optional[tuple], calls: int, model: nn.Module) -> Union[str, tuple]:
-    """(layout, prefix tokens) of a candidate from its dry-run input, or why it cannot take a DEC."""
+def _read(shape: Optional[tuple], calls: int, model: nn.Module) -> Union[str, tuple]:
+    """(layout, prefix tokens) of a candidate from its dry-run input, or why it cannot take a DEC.
+
+    The layout is None when a 4-D input reads as both NCHW and NHWC (see :func:`_settle`).
+    """
     if calls != 1:
         return f"runs {calls} times in one forward pass" if calls else "does not run in a forward pass"
     if shape is None:
@@ -73,7 +76,7 @@ def _read(path: str, shape: Optional[tuple], calls: int, model: nn.Module) -> Un
         layouts = _spatial_layouts(shape)
         if not layouts:
             return f"gets {list(shape)}, neither NCHW nor NHWC with a square grid"
-        return ("|".join(sorted(layouts)), 0)
+        return (layouts.pop() if len(layouts) == 1 else None), 0
     return f"gets a {len(shape)}-D tensor (NCHW, NHWC or (B, tokens, C) needed)"
 
 
@@ -111,8 +114,8 @@ def auto_recipe(model: nn.Module, model_name: str, *, at: Optional[Sequence[str]
     found: dict[str, tuple] = {}
     reasons: dict[str, str] = {}
     for path in candidates:
-        read = _read(path, shapes.get(path), calls[path], model)
-        if isinstance(read, tuple) and "|" in read[0]:
+        read = _read(shapes.get(path), calls[path], model)
+        if isinstance(read, tuple) and read[0] is None:
             read = _settle(model, path, shapes[path], img_size)
         if isinstance(read, str):
             reasons[path] = read

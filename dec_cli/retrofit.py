@@ -6,7 +6,8 @@ glob, the feature layout at its insertion points (``tokens``, ``nchw``,
 ``blocks.1``, ``layers.1``, ``stages.1``, ``layer2``), the mode and the DEC
 settings. :func:`retrofit` wraps each chosen module ``M`` in a
 :class:`DECBlock` that computes ``M(S^{-1}(F; Phi))`` (``canonicalize``) or
-``S(M(S^{-1}(F; Phi)); Phi)`` (``equivariant``) with ``Phi = DEC(F)``.
+``S(M(S^{-1}(F; Phi)); Phi)`` (``equivariant``) with ``Phi = DEC(F)``. Models
+no recipe covers get one derived from the model itself (``dec_cli.autorecipe``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
-import torch
 from torch import Tensor, nn
 
 from dec_cli.autorecipe import AUTO, auto_recipe
@@ -158,7 +158,7 @@ def resolve_recipe(recipe: Union[None, str, Path, dict, Recipe], model_name: str
     if path.suffix.lower() in (".yaml", ".yml") or path.exists():
         return load_recipe_file(path)
     names = ", ".join(r.name for r in builtin_recipes())
-    raise UsageError(f"unknown recipe {text!r}", f"use one of {names}, or a YAML file path")
+    raise UsageError(f"unknown recipe {text!r}", f"use one of {names}, auto, or a YAML file path")
 
 
 # --------------------------------------------------------------------------- the wrapper
