@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from dec_cli import __version__
 from dec_cli.errors import DecError, UsageError
 from dec_cli.files import atomic_path
+from dec_cli.foreign_weights import convert
 
 FORMAT_VERSION = 1
 METADATA_KEY = "dec"
@@ -274,8 +275,13 @@ def create_backbone(name: str, *, weights: Union[None, str, Path] = None, pretra
             raise
         kwargs.pop("img_size")  # convolutional nets take any size: img_size is only the default size
         model = _create(name, pretrained=pretrained, num_classes=num_classes, kwargs=kwargs, offline=offline)
+    conversion = None
     if weights is not None:
-        state = _filter_foreign(model, read_weights(weights))
+        heads = tuple(f"{c}." for c in _classifier_keys(model))
+        state, conversion = convert(read_weights(weights), model, source=str(weights), model_name=name,
+                                    skip_shape=heads)
+        if conversion is None:
+            state = _filter_foreign(model, state)
         if num_classes is None:
             found = _head_size(model, state)
             if found is not None and found != getattr(model, "num_classes", None):
@@ -285,6 +291,8 @@ def create_backbone(name: str, *, weights: Union[None, str, Path] = None, pretra
     model.dec_info = {"model_name": name, "num_classes": int(getattr(model, "num_classes", num_classes or 0)),
                       "class_names": None, "dec": False, "model_kwargs": kwargs,
                       "weights": str(weights) if weights is not None else ("pretrained" if pretrained else None)}
+    if conversion is not None:
+        model.dec_info["weights_conversion"] = conversion.to_dict()
     if img_size is not None:
         model.dec_info["img_size"] = int(img_size)
     return model

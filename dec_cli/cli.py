@@ -245,6 +245,8 @@ def evaluate_cmd(
 
             report = evaluate(specs, data, settings, thresholds=thresholds, progress=on_progress)
         if info.is_main:
+            for m in report.models:
+                _print_conversion(console, m.weights_conversion)
             render_tables(report, console)
             emit_json(report.to_dict(), json_dest)
             for path in write_outputs(report, markdown=markdown, plot=plot):
@@ -339,6 +341,7 @@ def finetune_cmd(
                           f" on {ev['train_images']} train / {ev['val_images']} val images, "
                           f"{len(ev['classes'])} classes, {ev['device']} x{ev['world_size']}, "
                           f"epochs {ev['start_epoch']}..{ev['epochs']}", soft_wrap=True)
+            _print_conversion(console, ev.get("weights_conversion"))
             bar.start()
             tasks["run"] = bar.add_task("run", total=ev["epochs"], completed=ev["start_epoch"] - 1, stats="")
         elif kind == "epoch_start":
@@ -386,6 +389,14 @@ def _fmt_count(n: Any) -> str:
     return f"{int(n):,}" if isinstance(n, (int, float)) else "-"
 
 
+def _print_conversion(console: Console, conversion: Optional[dict]) -> None:
+    """Say that --weights were renamed from a foreign key layout (one line; nothing when they were not)."""
+    if conversion:
+        from dec_cli.foreign_weights import describe
+
+        console.print(describe(conversion), markup=False, soft_wrap=True)
+
+
 def _points_table(title: str, points: list[dict]) -> Any:
     from rich.table import Table
 
@@ -403,12 +414,14 @@ def retrofit_cmd(
     model: str = typer.Argument(..., metavar="MODEL", help="timm model name, e.g. vit_small_patch16_224."),
     output: str = typer.Option(..., "--output", "-o", metavar="OUT.safetensors", help="Checkpoint to write."),
     weights: Optional[str] = typer.Option(None, "--weights", metavar="FILE",
-                                          help="Local weights (.safetensors, or a weights-only .pth/.bin state dict)."),
+                                          help="Local weights (.safetensors, or a weights-only .pth/.bin state dict; "
+                                               "efficientnet_pytorch keys are converted)."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
                                               help="timm hub weights (default: on unless --weights is given)."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="Classifier outputs (new head)."),
     img_size: Optional[int] = typer.Option(None, "--img-size", min=8, help="Input size of the backbone."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", metavar="NAME|FILE", help="Recipe (default: matched by name)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", metavar="NAME|FILE|auto",
+                                          help="Recipe (default: matched by name; other timm names: auto)."),
     at: Optional[str] = typer.Option(None, "--at", metavar="PATH[,PATH...]", help="Insertion points (timm module paths)."),
     mode: Optional[str] = typer.Option(None, "--mode", metavar="canonicalize|equivariant", help="DEC mode."),
     grid: Optional[int] = typer.Option(None, "--grid", min=1, help="Warp intervals per axis (G)."),
@@ -444,8 +457,10 @@ def retrofit_cmd(
     from dec_cli.retrofit import backbone_parameters, count_parameters, dec_parameters, insertion_table, retrofit
 
     torch.manual_seed(seed)
+    console = console_for(json_dest, quiet)
     net = create_backbone(model, weights=weights, pretrained=use_pretrained, num_classes=num_classes,
                           img_size=img_size)
+    _print_conversion(console, net.dec_info.get("weights_conversion"))
     retrofit(net, recipe=recipe, at=at, mode=mode, grid=grid, rows=rows, iters=iters, img_size=img_size)
     argv = sys.argv[1:] if "retrofit" in sys.argv[1:] else ["retrofit", model, "-o", output]
     options = {"recipe": recipe, "at": at, "mode": mode, "grid": grid, "rows": rows, "iters": iters,
@@ -460,7 +475,8 @@ def retrofit_cmd(
                "num_classes": info["num_classes"], "dec_settings": rec["dec"], "points": rec["points"],
                "layers": insertion_table(net),
                "parameters": {"backbone": n_bb, "dec": n_dec, "dec_fraction": n_dec / max(n_bb, 1)}}
-    console = console_for(json_dest, quiet)
+    if rec["name"] == "auto":
+        console.print(f"recipe auto: {rec['description']}", markup=False, soft_wrap=True)
     console.print(_points_table(f"{model}: recipe {rec['name']}, mode {rec['mode']}", rec["points"]))
     s = rec["dec"]
     console.print(f"DEC: grid {s['grid']}, rows {s['rows']}, iters {s['iters']}, channels {s['channels']}, "
@@ -514,13 +530,14 @@ def info_cmd(
 def models_cmd(
     json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write the recipes as JSON."),
 ) -> None:
-    """List the built-in retrofit recipes and the timm model name patterns they cover.
+    """List the built-in retrofit recipes and the timm names they cover; other names get an automatic recipe.
 
     Example: dec models --json -
     """
     import timm
     from rich.table import Table
 
+    from dec_cli.autorecipe import AUTO, SUMMARY
     from dec_cli.retrofit import builtin_recipes
 
     rows = []
@@ -536,7 +553,9 @@ def models_cmd(
         table.add_row(d["name"], " ".join(d["patterns"]), d["layout"], ",".join(d["at"]), d["mode"],
                       str(d["covered_models"]))
     console.print(table)
-    emit_json({"recipes": rows}, json_dest)
+    console.print(SUMMARY[0].upper() + SUMMARY[1:] + ".", markup=False, soft_wrap=True)
+    emit_json({"recipes": rows, "auto": {"name": AUTO, "covers": "timm names no recipe matches",
+                                         "description": SUMMARY}}, json_dest)
 
 
 # --------------------------------------------------------------------------- dec warp / dec unwarp

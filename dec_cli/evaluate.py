@@ -77,6 +77,7 @@ class ModelResult:
     per_zoom: list[dict[str, Any]]
     per_strength: list[dict[str, Any]]
     timing: dict[str, Any]
+    weights_conversion: Optional[dict[str, Any]] = None  # --weights renamed from a foreign key layout
 
 
 @dataclass
@@ -260,7 +261,7 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
             name=name, source=spec.source, model_name=str(info["model_name"]), dec=bool(info.get("dec")),
             num_classes=int(info["num_classes"]), class_mapping=how, input_size=list(cfg["input_size"]),
             metrics=summary["metrics"], per_zoom=summary["per_zoom"], per_strength=summary["per_strength"],
-            timing=timing,
+            timing=timing, weights_conversion=info.get("weights_conversion"),
         ))
         del model, runner
     bad = [{"path": data.samples[i].rel, "reason": unreadable[i]} for i in sorted(unreadable)]

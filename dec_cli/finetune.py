@@ -366,6 +366,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model, new_head = prepare_model(self.ckpt, self.classes, cfg)
         self.new_head = new_head
+        self.weights_conversion = (getattr(model, "dec_info", None) or {}).get("weights_conversion")
         groups = split_parameters(model, new_head)
         self.has_dec = bool(groups["dec"])
         if cfg.dec_warmup_epochs and not self.has_dec:
@@ -653,7 +654,8 @@ class Trainer:
                       steps_per_epoch=self.steps_per_epoch,
                       train_images=len(self.train_set), val_images=len(self.val_set), classes=self.classes,
                       device=str(self.device), world_size=self.dist.world, dec=self.has_dec,
-                      new_head=self.new_head, resumed=self.resume_state is not None)
+                      new_head=self.new_head, resumed=self.resume_state is not None,
+                      weights_conversion=self.weights_conversion)
         bad_files: set = set()
         epochs_run = 0
         for epoch in range(self.start_epoch, cfg.epochs):

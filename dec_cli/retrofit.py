@@ -6,7 +6,8 @@ glob, the feature layout at its insertion points (``tokens``, ``nchw``,
 ``blocks.1``, ``layers.1``, ``stages.1``, ``layer2``), the mode and the DEC
 settings. :func:`retrofit` wraps each chosen module ``M`` in a
 :class:`DECBlock` that computes ``M(S^{-1}(F; Phi))`` (``canonicalize``) or
-``S(M(S^{-1}(F; Phi)); Phi)`` (``equivariant``) with ``Phi = DEC(F)``.
+``S(M(S^{-1}(F; Phi)); Phi)`` (``equivariant``) with ``Phi = DEC(F)``. Models
+no recipe covers get one derived from the model itself (``dec_cli.autorecipe``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
-import torch
 from torch import Tensor, nn
 
+from dec_cli.autorecipe import AUTO, auto_recipe
 from dec_cli.canonicalizer import DEC, LAYOUTS, DECSettings
-from dec_cli.errors import DecError, UsageError
+from dec_cli.errors import UsageError
+from dec_cli.probe import probe_inputs
 from dec_cli.warp import apply_warp
 
 MODES = ("canonicalize", "equivariant")
@@ -43,6 +45,7 @@ class Recipe:
     dec: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     source: str = "builtin"
+    prefix_tokens: Optional[int] = None  # tokens layout: None means the model's num_prefix_tokens
 
     def matches(self, model_name: str) -> bool:
         base = model_name.split(".", 1)[0]
@@ -51,7 +54,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "patterns": list(self.patterns),
                 "layout": self.layout, "at": list(self.at), "mode": self.mode, "dec": dict(self.dec),
-                "source": self.source}
+                "source": self.source, "prefix_tokens": self.prefix_tokens}
 
 
 def _recipe_from_dict(data: Any, source: str) -> Recipe:
@@ -63,7 +66,7 @@ def _recipe_from_dict(data: Any, source: str) -> Recipe:
     if missing:
         raise UsageError(f"recipe {source} lacks {', '.join(missing)}",
                          "a recipe needs name, patterns, layout and at (see dec_cli/models/*.yaml)")
-    known = {"name", "patterns", "layout", "at", "mode", "dec", "description", "source", "points"}
+    known = {"name", "patterns", "layout", "at", "mode", "dec", "description", "source", "points", "prefix_tokens"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise UsageError(f"recipe {source} has unknown key(s) {', '.join(unknown)}",
@@ -81,6 +84,9 @@ def _recipe_from_dict(data: Any, source: str) -> Recipe:
     mode = data.get("mode", "canonicalize")
     if mode not in MODES:
         raise UsageError(f"recipe {source}: mode {mode!r} is not one of {', '.join(MODES)}")
+    prefix = data.get("prefix_tokens")
+    if prefix is not None and not (isinstance(prefix, int) and prefix >= 0):
+        raise UsageError(f"recipe {source}: prefix_tokens must be a whole number >= 0")
     dec = data.get("dec") or {}
     try:
         DECSettings.from_dict(dec)
@@ -88,7 +94,7 @@ def _recipe_from_dict(data: Any, source: str) -> Recipe:
         raise UsageError(f"recipe {source}: {exc}") from None
     return Recipe(name=str(data["name"]), patterns=list(patterns), layout=data["layout"], at=list(at),
                   mode=mode, dec=dict(dec), description=str(data.get("description", "")),
-                  source=str(data.get("source", source)))
+                  source=str(data.get("source", source)), prefix_tokens=prefix)
 
 
 def load_recipe_file(path: Union[str, Path]) -> Recipe:
@@ -152,7 +158,7 @@ def resolve_recipe(recipe: Union[None, str, Path, dict, Recipe], model_name: str
     if path.suffix.lower() in (".yaml", ".yml") or path.exists():
         return load_recipe_file(path)
     names = ", ".join(r.name for r in builtin_recipes())
-    raise UsageError(f"unknown recipe {text!r}", f"use one of {names}, or a YAML file path")
+    raise UsageError(f"unknown recipe {text!r}", f"use one of {names}, auto, or a YAML file path")
 
 
 # --------------------------------------------------------------------------- the wrapper
@@ -201,7 +207,8 @@ class DECBlock(nn.Module):
                 if hasattr(pe, "dynamic_feat_size"):
                     gh, gw = pe.dynamic_feat_size((h, w))
                 else:
-                    ph, pw = getattr(pe, "patch_size", (16, 16))
+                    ps = getattr(pe, "patch_size", 16)
+                    ph, pw = (ps, ps) if isinstance(ps, int) else ps
                     gh, gw = math.ceil(h / ph), math.ceil(w / pw)
                 if gh * gw == patches:
                     return int(gh), int(gw)
@@ -247,49 +254,6 @@ def model_name_of(model: nn.Module) -> str:
     return str(name)
 
 
-def _input_size(model: nn.Module, img_size: Optional[int] = None) -> tuple[int, int]:
-    if img_size:
-        return int(img_size), int(img_size)
-    pe = getattr(model, "patch_embed", None)
-    size = getattr(pe, "img_size", None)
-    if size is not None:
-        return int(size[0]), int(size[1])
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = cfg.get("input_size", (3, 224, 224))
-    return int(size[-2]), int(size[-1])
-
-
-def probe_inputs(model: nn.Module, paths: Sequence[str], img_size: Optional[int] = None) -> dict[str, tuple]:
-    """Shapes of the first input to each module in ``paths`` on a dry run (zeros, eval, no grad)."""
-    shapes: dict[str, tuple] = {}
-    handles = []
-    for path in paths:
-        def hook(mod, args, path=path):
-            if args and isinstance(args[0], Tensor):
-                shapes.setdefault(path, tuple(args[0].shape))
-        handles.append(model.get_submodule(path).register_forward_pre_hook(hook))
-    was_training = model.training
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    in_chans = int(getattr(model, "pretrained_cfg", {}).get("input_size", (3,))[0] or 3)
-    in_chans = getattr(getattr(model, "patch_embed", None), "proj", None).in_channels \
-        if hasattr(getattr(model, "patch_embed", None), "proj") else in_chans
-    h, w = _input_size(model, img_size)
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, in_chans, h, w, device=device, dtype=dtype))
-    except Exception as exc:
-        raise DecError(f"dry run of the backbone at {h}x{w} failed: {type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0] if str(exc) else ''}", "try --img-size N") from None
-    finally:
-        model.train(was_training)
-        for hnd in handles:
-            hnd.remove()
-    return shapes
-
-
 def _channels(shape: tuple, layout: str) -> int:
     return int(shape[1]) if layout == "nchw" else int(shape[-1])
 
@@ -312,29 +276,36 @@ def retrofit(model: nn.Module, *, recipe: Union[None, str, Path, dict, Recipe] =
     """
     name = model_name_of(model)
     stored_points = recipe.get("points") if isinstance(recipe, dict) else None
-    rec = resolve_recipe(recipe, name)
     if isinstance(at, str):
         at = [a.strip() for a in at.split(",") if a.strip()]
-    points = list(at) if at else list(rec.at)
     if mode is not None and mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}", f"use one of {', '.join(MODES)}")
+    if dec_modules(model):
+        raise UsageError("this model already has DEC modules", "retrofit a plain timm backbone")
+    modules = dict(model.named_modules())
+    valid = [f["module"] for f in getattr(model, "feature_info", []) if isinstance(f, dict) and "module" in f]
+
+    def check_points(points: list[str]) -> None:
+        for path in points:
+            if path not in modules or path == "":
+                hint = f"insertion points of {name}: {', '.join(valid)}" if valid else "use module paths of model.named_modules()"
+                raise UsageError(f"{name} has no module {path!r}", hint)
+        if len(set(points)) != len(points):
+            raise UsageError(f"insertion point listed twice: {', '.join(points)}")
+
+    check_points(list(at or []))
+    if recipe == AUTO or (recipe is None and find_recipe(name) is None):
+        rec = _recipe_from_dict(auto_recipe(model, name, at=at, img_size=img_size), AUTO)
+    else:
+        rec = resolve_recipe(recipe, name)
+    points = list(at) if at else list(rec.at)
+    check_points(points)
     mode = mode or rec.mode
     try:
         settings = DECSettings.from_dict({**rec.dec, **{k: v for k, v in dict(
             grid=grid, rows=rows, iters=iters, **dec_overrides).items() if v is not None}})
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-
-    modules = dict(model.named_modules())
-    if dec_modules(model):
-        raise UsageError("this model already has DEC modules", "retrofit a plain timm backbone")
-    valid = [f["module"] for f in getattr(model, "feature_info", []) if isinstance(f, dict) and "module" in f]
-    for path in points:
-        if path not in modules or path == "":
-            hint = f"insertion points of {name}: {', '.join(valid)}" if valid else "use module paths of model.named_modules()"
-            raise UsageError(f"{name} has no module {path!r}", hint)
-    if len(set(points)) != len(points):
-        raise UsageError(f"insertion point listed twice: {', '.join(points)}")
 
     known = {p["path"]: p for p in (stored_points or []) if isinstance(p, dict) and "path" in p}
     if all(p in known and "in_channels" in known[p] for p in points):
@@ -350,7 +321,8 @@ def retrofit(model: nn.Module, *, recipe: Union[None, str, Path, dict, Recipe] =
             _check_layout(p, shapes[p], rec.layout)
         channels = {p: _channels(shapes[p], rec.layout) for p in points}
 
-    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0) if rec.layout == "tokens" else 0
+    prefix = 0 if rec.layout != "tokens" else rec.prefix_tokens if rec.prefix_tokens is not None \
+        else int(getattr(model, "num_prefix_tokens", 0) or 0)
     patch_embed = getattr(model, "patch_embed", None) if rec.layout == "tokens" else None
     param = next(model.parameters(), None)
     wrappers = []

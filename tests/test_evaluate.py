@@ -169,7 +169,8 @@ def test_json_schema_and_unreadable_files(run_dec, assets):
     assert set(doc["settings"]) == {"warps", "scale_range", "grid", "rows", "seed", "img_size", "limit", "amp"}
     model = doc["models"][0]
     assert set(model) == {"name", "source", "model_name", "dec", "num_classes", "class_mapping", "input_size",
-                          "metrics", "per_zoom", "per_strength", "timing"}
+                          "metrics", "per_zoom", "per_strength", "timing", "weights_conversion"}
+    assert model["weights_conversion"] is None  # timm's own keys: nothing renamed
     assert set(model["metrics"]) == {"images", "top1", "top5", "pairs", "warped_top1", "warped_top5", "inv_error",
                                      "sym_kl", "consistency", "zoom_top1_min", "zoom_consistency_min",
                                      "flip_rate", "residual_mean", "residual_max"}
