@@ -22,11 +22,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from dec_cli.errors import UsageError
+from dec_cli.manifest import read_tree_manifest
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
-MANIFEST_NAME = "manifest.jsonl"
 MASKS_DIR = "masks"
 _WNID = re.compile(r"^n\d{8}$")
 
@@ -77,11 +77,10 @@ def scan_image_folder(root: str | Path) -> ImageFolderData:
     if not root.is_dir():
         raise UsageError(f"data path {root} is not a directory", "pass --data DIR with one subfolder per class")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    manifest = root / MANIFEST_NAME
-    if manifest.is_file() and (root / MASKS_DIR).is_dir():
+    records = read_tree_manifest(root)
+    if records is not None and (root / MASKS_DIR).is_dir():
         # `dec warp --masks` puts warped masks in DST/masks/: not a class of the tree.
-        rows = read_manifest(manifest)
-        if not any(str(r["dst"]).startswith(MASKS_DIR + "/") for r in rows):
+        if not any(r["dst"].startswith(MASKS_DIR + "/") for r in records):
             class_dirs = [p for p in class_dirs if p.name != MASKS_DIR]
     if not class_dirs:
         has_files = any(p.is_file() and not p.name.startswith(".") for p in root.iterdir())
@@ -103,33 +102,14 @@ def scan_image_folder(root: str | Path) -> ImageFolderData:
         raise UsageError(f"data directory {root} has class folders but no images",
                          f"supported extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}")
     data = ImageFolderData(root, classes, samples, ignored=ignored)
-    if manifest.is_file():
-        _attach_manifest(data, manifest)
+    if records is not None:
+        _attach_manifest(data, records)
     return data
 
 
-def read_manifest(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``manifest.jsonl`` (blank lines skipped); a broken line raises ``UsageError``."""
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{number}: not valid JSON ({exc.msg})",
-                                 "regenerate the tree with 'dec warp --zoom'") from None
-            if not isinstance(row, dict) or "dst" not in row:
-                raise UsageError(f"{path}:{number}: a manifest row needs a 'dst' key",
-                                 "regenerate the tree with 'dec warp --zoom'")
-            rows.append(row)
-    return rows
-
-
-def _attach_manifest(data: ImageFolderData, manifest: Path) -> None:
+def _attach_manifest(data: ImageFolderData, records: list[dict[str, Any]]) -> None:
     """Attach zoom factor and source image from the manifest to the samples it names."""
-    rows = {str(r["dst"]): r for r in read_manifest(manifest)}
+    rows = {r["dst"]: r for r in records}
     zoom_seen = False
     samples = []
     for s in data.samples:
