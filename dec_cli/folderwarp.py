@@ -28,7 +28,7 @@ import torch
 from dec_cli import images
 from dec_cli.errors import DecError, UsageError
 from dec_cli.files import remove_stale_temporaries, write_json, write_text_atomic
-from dec_cli.manifest import MANIFEST_NAME, read_manifest
+from dec_cli.manifest import MANIFEST_NAME, SLOPE_LIMITS, read_manifest
 from dec_cli.warp import DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, keyed_warp, zoom_warp
 
 MANIFEST = MANIFEST_NAME  # its format and reader live in dec_cli.manifest
@@ -72,6 +72,13 @@ class WarpSettings:
             if 2 * self.radius * max(self.zooms) >= 1:
                 raise UsageError(f"zoom {max(self.zooms)} with radius {self.radius} leaves no room outside the disc",
                                  "use a smaller --radius or factor")
+            # Outside the disc the warp compensates; `dec unwarp` accepts factors within SLOPE_LIMITS only.
+            lo, hi = SLOPE_LIMITS
+            for z in self.zooms:
+                outside = (1 - 2 * self.radius * z) / (1 - 2 * self.radius) if self.radius < 0.5 else 1.0
+                if not (lo <= z <= hi and lo <= outside <= hi):
+                    raise UsageError(f"zoom {z:g} with radius {self.radius:g} makes local scale factors outside "
+                                     f"[{lo:g}, {hi:g}]", "use a smaller --radius or a milder factor")
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,19 @@ def test_every_warp_dec_warp_makes_passes_the_checks(size):
         assert check_warp(record) is None, z
 
 
+def test_dec_warp_refuses_zooms_whose_warp_unwarp_would_reject(run_dec, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(DATA / "photos/animals/chelsea.png", src / "cat.png")
+    for zooms, radius in (("1.97", "0.25"), ("0.02", "0.1"), ("1,30", "0.01"), ("0.5", "0.49")):
+        result = run_dec("warp", src, tmp_path / "out", "--zoom", zooms, "--radius", radius)
+        assert result.code == 2 and "outside [0.05, 20]" in result.err, (zooms, radius, result.err)
+    assert not (tmp_path / "out").exists()
+    assert run_dec("warp", src, tmp_path / "ok", "-q", "--zoom", "0.5,1.8", "--radius", "0.25").code == 0
+    result = run_dec("unwarp", tmp_path / "ok", tmp_path / "back", "-q")
+    assert result.code == 0, result.err
+
+
 # --------------------------------------------------------------------------- malformed lines
 
 
