@@ -25,6 +25,7 @@ manifest has one, as its zoom groups would be wrong.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -45,6 +46,7 @@ KINDS = ("random", "zoom")
 SLOPE_LIMITS = (0.05, 20.0)
 _KNOT_TOL = 1e-5  # knots are stored from float32
 _SLOPE_TOL = 1e-3  # relative slack on SLOPE_LIMITS for the same rounding
+_FOLD_GRID = 32  # points per axis where the Jacobian determinant is checked (a few ms per warp)
 _SHOWN = 80  # characters of a bad value quoted in a reason
 
 
@@ -180,7 +182,13 @@ def _check_path(record: dict[str, Any], key: str, roots: Sequence[Path], *, requ
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number (not a bool; an integer too large for a float is not finite)."""
+    if type(value) not in (int, float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _check_kind(record: dict[str, Any]) -> Optional[str]:
@@ -208,15 +216,19 @@ def check_warp(record: dict[str, Any]) -> Optional[str]:
     grid, rows = record.get("grid"), record.get("rows")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (grid, rows)):
         return f"'grid' and 'rows' must be positive integers; got {_show(grid)} and {_show(rows)}"
-    arrays = []
     for key, knots in (("knots_x", kx), ("knots_y", ky)):
         shaped = (isinstance(knots, list) and len(knots) == rows
                   and all(isinstance(r, list) and len(r) == grid + 1 for r in knots))
         if not shaped:
             return f"'{key}' must be {rows} row(s) of {grid + 1} knots (rows x (grid + 1))"
-        if not all(_number(v) for r in knots for v in r):
+        # JSON gives int, float, str, bool, None, list or dict; bool is not an int here.
+        try:
+            numbers = all(type(v) in (int, float) for r in knots for v in r)
+            k = np.asarray(knots, dtype=np.float64) if numbers else None
+        except OverflowError:  # an integer beyond float range
+            k = None
+        if k is None or not np.isfinite(k).all():
             return f"'{key}' holds a value that is not a finite number"
-        k = np.asarray(knots, dtype=np.float64)
         if np.abs(k[:, 0]).max() > _KNOT_TOL or np.abs(k[:, -1] - 1).max() > _KNOT_TOL:
             return f"'{key}' rows must start at 0 and end at 1"
         slopes = np.diff(k, axis=1) * grid
@@ -226,9 +238,15 @@ def check_warp(record: dict[str, Any]) -> Optional[str]:
         if slopes.min() < lo * (1 - _SLOPE_TOL) or slopes.max() > hi * (1 + _SLOPE_TOL):
             return (f"'{key}' has local scale factors {slopes.min():.3g} to {slopes.max():.3g}, "
                     f"outside [{lo:g}, {hi:g}]")
-        arrays.append(torch.from_numpy(k))
     if rows > 1:
-        det = float(jacobian_determinant(Warp.from_knots(*arrays)).min())
+        det = _min_determinant(tuple(map(tuple, kx)), tuple(map(tuple, ky)))
         if det <= 0:
             return f"the warp folds (Jacobian determinant {det:.3g})"
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _min_determinant(knots_x: tuple, knots_y: tuple) -> float:
+    """The smallest Jacobian determinant of a warp; cached, as a zoom sweep repeats its knots per image size."""
+    warp = Warp.from_knots(torch.tensor(knots_x, dtype=torch.float64), torch.tensor(knots_y, dtype=torch.float64))
+    return float(jacobian_determinant(warp, n=_FOLD_GRID).min())

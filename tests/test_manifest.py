@@ -133,6 +133,7 @@ def test_unwarp_lists_every_invalid_warp_and_restores_the_rest(run_dec, warped, 
         with_(good, dst="flat.png", knots_x=good["knots_x"][0]),  # a row, not rows of knots
         with_(good, dst="null.png", knots_x=None),
         with_(good, dst="text.png", knots_x=[["0"] * (good["grid"] + 1)]),
+        with_(good, dst="huge.png", knots_x=[[0] + [10 ** 400] * good["grid"]]),
     ]
     tree = tree_with(tmp_path, warped, [*bad, *shapes, good])
     for i in range(len(bad)):
@@ -147,7 +148,8 @@ def test_unwarp_lists_every_invalid_warp_and_restores_the_rest(run_dec, warped, 
         assert why in reasons[line], name
     for line in range(len(bad) + 1, len(bad) + 5):
         assert "rows x (grid + 1)" in reasons[line]
-    assert "knots are null" in reasons[len(bad) + 5] and "not a finite number" in reasons[len(bad) + 6]
+    assert "knots are null" in reasons[len(bad) + 5]
+    assert "not a finite number" in reasons[len(bad) + 6] and "not a finite number" in reasons[len(bad) + 7]
 
 
 def test_folding_warp_is_rejected(warped):
@@ -190,29 +192,30 @@ def test_dec_warp_refuses_zooms_whose_warp_unwarp_would_reject(run_dec, tmp_path
 
 def test_malformed_records_are_listed_and_the_valid_ones_restored(run_dec, warped, tmp_path):
     good = warped[1]
-    tree = tree_with(tmp_path, warped, [
-        with_(good, dst=None),
-        with_(good, dst=17),
-        b'{"dst": "caf\xe9.png"}',
-        b"{not json",
-        b"[1, 2]",
-        b"",
-        with_(good, kind="spiral"),
-        with_(good, kind="zoom", zoom=-1),
-        with_(good, kind="zoom", zoom=1.2, center=[0.5, 2]),
-        with_(good, kind="zoom", zoom=1.2, radius=0),
-        good,
-        good,  # twice
-    ])
+    cases = [  # (line, what its reason says); None: a blank line, skipped
+        (with_(good, dst=None), "no 'dst' path"),
+        (with_(good, dst=17), "not a path: 17"),
+        (b'{"dst": "caf\xe9.png"}', "not UTF-8 text"),
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b"", None),
+        (with_(good, kind="spiral"), "'kind'"),
+        (with_(good, kind="zoom", zoom=-1), "'zoom'"),
+        (with_(good, kind="zoom", zoom=10 ** 400), "'zoom'"),
+        (with_(good, kind="zoom", zoom=1.2, center=[0.5, 2]), "'center'"),
+        (with_(good, kind="zoom", zoom=1.2, radius=0), "'radius'"),
+        (good, "valid"),
+        (good, "also on line 12"),  # the same dst twice
+    ]
+    tree = tree_with(tmp_path, warped, [line for line, _ in cases])
     result, summary = unwarp(run_dec, tree, tmp_path / "out")
     assert result.code == 1 and summary["written"] == 1
-    assert summary["files"] == 11 and summary["outputs"] == 1
+    assert summary["files"] == len(cases) - 1 and summary["outputs"] == 1
     reasons = bad_lines(summary)
-    assert sorted(reasons) == [1, 2, 3, 4, 5, 7, 8, 9, 10, 12]
-    assert "no 'dst' path" in reasons[1] and "not a path: 17" in reasons[2]
-    assert reasons[3] == "not UTF-8 text" and reasons[4].startswith("not JSON")
-    assert "not a JSON object" in reasons[5] and "'kind'" in reasons[7] and "'zoom'" in reasons[8]
-    assert "'center'" in reasons[9] and "'radius'" in reasons[10] and "also on line 11" in reasons[12]
+    expected = {n: why for n, (_, why) in enumerate(cases, 1) if why not in (None, "valid")}
+    assert sorted(reasons) == sorted(expected)
+    for n, why in expected.items():
+        assert why in reasons[n], (n, reasons[n])
     assert "Error" not in result.err  # no raw TypeError / UnicodeDecodeError
     result, _ = unwarp(run_dec, tree, tmp_path / "again", "--skip-bad")
     assert result.code == 0
