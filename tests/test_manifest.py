@@ -71,7 +71,8 @@ def test_unwarp_never_writes_or_reads_outside_its_trees(run_dec, warped, tmp_pat
     outside = tmp_path / "outside"
     outside.mkdir()
     victim = outside / "a.png"
-    victim.write_bytes(b"precious")
+    shutil.copy(warped[0] / good["dst"], victim)  # a real image: the old reader restored it over itself
+    precious = victim.read_bytes()
     dst = tmp_path / "restored"
     dst.mkdir()
     (dst / "escape").symlink_to(outside, target_is_directory=True)  # a link planted in DST
@@ -85,7 +86,7 @@ def test_unwarp_never_writes_or_reads_outside_its_trees(run_dec, warped, tmp_pat
     (tree / "peek").symlink_to(warped[0], target_is_directory=True)  # a link in SRC to another tree
     result, summary = unwarp(run_dec, tree, dst, "--overwrite")
     assert result.code == 1
-    assert victim.read_bytes() == b"precious" and sorted(p.name for p in outside.iterdir()) == ["a.png"]
+    assert victim.read_bytes() == precious and sorted(p.name for p in outside.iterdir()) == ["a.png"]
     assert (dst / good["dst"]).is_file() and summary["written"] == 1
     reasons = bad_lines(summary)
     assert sorted(reasons) == [1, 2, 3, 4]

@@ -91,10 +91,10 @@ def test_finetune_resume_with_nothing_to_resume_is_refused(run_dec, photos, tmp_
     empty = tmp_path / "empty"
     empty.mkdir()
     for out in (empty, tmp_path / "missing"):
-        one_line_usage_error(run_dec("finetune", "test_resnet", photos, "-o", out, "--resume"),
+        one_line_usage_error(run_dec("finetune", "test_resnet", photos, "-o", out, "--resume", "--num-classes", "2"),
                              "holds no run to continue", "drop --resume")
     # a run cut before its first epoch was saved: say so, and how to start it again
     (empty / "metrics.csv").write_text("epoch\n")
-    one_line_usage_error(run_dec("finetune", "test_resnet", photos, "-o", empty, "--resume"),
+    one_line_usage_error(run_dec("finetune", "test_resnet", photos, "-o", empty, "--resume", "--num-classes", "2"),
                          "before its first epoch was saved")
     assert not (tmp_path / "missing").exists() and sorted(p.name for p in empty.iterdir()) == ["metrics.csv"]
