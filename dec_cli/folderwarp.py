@@ -75,7 +75,7 @@ class WarpSettings:
             # Outside the disc the warp compensates; `dec unwarp` accepts factors within SLOPE_LIMITS only.
             lo, hi = SLOPE_LIMITS
             for z in self.zooms:
-                outside = (1 - 2 * self.radius * z) / (1 - 2 * self.radius) if self.radius < 0.5 else 1.0
+                outside = (1 - 2 * self.radius * z) / (1 - 2 * self.radius) if self.radius < 0.5 else math.inf
                 if not (lo <= z <= hi and lo <= outside <= hi):
                     raise UsageError(f"zoom {z:g} with radius {self.radius:g} makes local scale factors outside "
                                      f"[{lo:g}, {hi:g}]", "use a smaller --radius or a milder factor")

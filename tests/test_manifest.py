@@ -179,7 +179,7 @@ def test_dec_warp_refuses_zooms_whose_warp_unwarp_would_reject(run_dec, tmp_path
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(DATA / "photos/animals/chelsea.png", src / "cat.png")
-    for zooms, radius in (("1.97", "0.25"), ("0.02", "0.1"), ("1,30", "0.01"), ("0.5", "0.49")):
+    for zooms, radius in (("1.97", "0.25"), ("0.02", "0.1"), ("1,30", "0.01"), ("0.5", "0.49"), ("0.8", "0.5")):
         result = run_dec("warp", src, tmp_path / "out", "--zoom", zooms, "--radius", radius)
         assert result.code == 2 and "outside [0.05, 20]" in result.err, (zooms, radius, result.err)
     assert not (tmp_path / "out").exists()
