@@ -706,8 +706,8 @@ def unwarp_cmd(
                             overwrite=overwrite, resume=resume)
     _tree_report(console, summary, json_dest)
     if summary.bad and not skip_bad:
-        raise DecError(f"{len(summary.bad)} file(s) could not be read (listed above); the rest were written",
-                       "pass --skip-bad to exit 0 anyway")
+        raise DecError(f"{len(summary.bad)} file(s) or manifest record(s) could not be restored (listed above); "
+                       "the rest were written", "pass --skip-bad to exit 0 anyway")
 
 
 # --------------------------------------------------------------------------- entry point

@@ -22,11 +22,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from dec_cli.errors import UsageError
+from dec_cli.manifest import read_tree_manifest
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
-MANIFEST_NAME = "manifest.jsonl"
 MASKS_DIR = "masks"
 _WNID = re.compile(r"^n\d{8}$")
 
@@ -85,8 +85,8 @@ def scan_image_folder(root: str | Path, labels: Optional[bool] = True) -> ImageF
         raise UsageError(f"data directory {root} does not exist", "pass --data DIR with one subfolder per class")
     if not root.is_dir():
         raise UsageError(f"data path {root} is not a directory", "pass --data DIR with one subfolder per class")
-    manifest = root / MANIFEST_NAME
-    subdirs = [p for p in _visible(root) if p.is_dir() and not _is_mask_dir(p, manifest)]
+    records = read_tree_manifest(root)
+    subdirs = [p for p in _visible(root) if p.is_dir() and not _is_mask_dir(p, records)]
     if labels is None:
         labels = bool(subdirs)
     if labels:
@@ -94,8 +94,8 @@ def scan_image_folder(root: str | Path, labels: Optional[bool] = True) -> ImageF
     else:
         files = _files(root, [*_visible(root), *(f for d in subdirs for f in d.rglob("*"))])
         data = _scan_files(root, [], [(f, NO_LABEL) for f in files], labels=False)
-    if manifest.is_file():
-        _attach_manifest(data, manifest)
+    if records is not None:
+        _attach_manifest(data, records)
     return data
 
 
@@ -110,11 +110,11 @@ def _files(root: Path, paths: Iterable[Path]) -> list[Path]:
                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def _is_mask_dir(folder: Path, manifest: Path) -> bool:
+def _is_mask_dir(folder: Path, records: Optional[list[dict[str, Any]]]) -> bool:
     """`dec warp --masks` puts warped masks in DST/masks/: not part of the tree's images."""
-    if folder.name != MASKS_DIR or not manifest.is_file():
+    if folder.name != MASKS_DIR or records is None:
         return False
-    return not any(str(r["dst"]).startswith(MASKS_DIR + "/") for r in read_manifest(manifest))
+    return not any(r["dst"].startswith(MASKS_DIR + "/") for r in records)
 
 
 def _scan_classes(root: Path, class_dirs: list[Path]) -> ImageFolderData:
@@ -144,28 +144,9 @@ def _scan_files(root: Path, classes: list[str], files: list[tuple[Path, int]], *
     return ImageFolderData(root, classes, samples, ignored=ignored, labels=labels)
 
 
-def read_manifest(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``manifest.jsonl`` (blank lines skipped); a broken line raises ``UsageError``."""
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{number}: not valid JSON ({exc.msg})",
-                                 "regenerate the tree with 'dec warp --zoom'") from None
-            if not isinstance(row, dict) or "dst" not in row:
-                raise UsageError(f"{path}:{number}: a manifest row needs a 'dst' key",
-                                 "regenerate the tree with 'dec warp --zoom'")
-            rows.append(row)
-    return rows
-
-
-def _attach_manifest(data: ImageFolderData, manifest: Path) -> None:
+def _attach_manifest(data: ImageFolderData, records: list[dict[str, Any]]) -> None:
     """Attach zoom factor and source image from the manifest to the samples it names."""
-    rows = {str(r["dst"]): r for r in read_manifest(manifest)}
+    rows = {r["dst"]: r for r in records}
     zoom_seen = False
     samples = []
     for s in data.samples:

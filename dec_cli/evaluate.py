@@ -24,6 +24,7 @@ from dec_cli import distributed as D
 from dec_cli.data import ImageDataset, ImageFolderData, collate_skip, data_config, eval_transform, scan_image_folder
 from dec_cli.data import class_to_output
 from dec_cli.errors import UsageError
+from dec_cli.memory import EVAL_ACTIVATIONS, check_batch_fits
 from dec_cli.metrics import LABEL_METRICS, Threshold, batch_records, concat_records, summarize, warp_strength
 from dec_cli.warp import DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, key_seed, random_warp
 
@@ -242,6 +243,7 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
                                        class_names=info.get("class_names"), class_map=settings.class_map,
                                        model_name=name) if data.labels else (None, None)
         cfg = data_config(model, settings.img_size)
+        check_batch_fits(settings.batch_size, cfg["input_size"], dist_info.device, tensors=2 + k + EVAL_ACTIVATIONS)
         transform = eval_transform(model, settings.img_size)
         decs = _dec_modules(model, info)
         runner = torch.compile(model, mode="reduce-overhead" if dist_info.device.type == "cuda" else "default") \

@@ -35,6 +35,7 @@ from dec_cli import distributed as dist_utils
 from dec_cli.config import merge_options
 from dec_cli.errors import DecError, UsageError
 from dec_cli.files import atomic_path, remove_stale_temporaries
+from dec_cli.memory import TRAIN_ACTIVATIONS, check_batch_fits
 from dec_cli.warp import (DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, key_seed, keyed_warp,
                           parse_scale_range, random_warp)
 
@@ -363,6 +364,9 @@ class Trainer:
             if saved != self.classes:
                 raise UsageError(f"the data's classes differ from those of the run in {self.out}",
                                  "resume with the same DATA, or start a new run in another -o folder")
+        if cfg.img_size is not None:  # before the model: a ViT's position embedding grows with the size
+            check_batch_fits(cfg.batch_size, (3, cfg.img_size, cfg.img_size), self.device,
+                             tensors=3 + TRAIN_ACTIVATIONS)
         torch.manual_seed(cfg.seed)
         model, new_head = prepare_model(self.ckpt, self.classes, cfg)
         self.new_head = new_head
@@ -771,15 +775,21 @@ def read_state(out_dir: Path) -> Optional[dict]:
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> Optional[dict]:
-    """Refuse to overwrite an earlier run; return its state when resuming."""
+    """Refuse to overwrite an earlier run, or to resume none; return its state when resuming."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"output {out_dir} exists and is not a directory", "pass -o DIR")
+    blocker = next((p for p in out_dir.absolute().parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UsageError(f"output {out_dir} cannot be made: {blocker} is a file, not a folder", "pass -o DIR")
     state = read_state(out_dir) if out_dir.is_dir() else None
-    if not resume:
-        known = [n for n in (STATE_NAME, LAST_NAME, BEST_NAME, METRICS_NAME) if (out_dir / n).exists()]
-        if known:
-            raise UsageError(f"{out_dir} already holds a fine-tuning run ({', '.join(known)})",
-                             "add --resume to continue it, or choose another -o folder")
+    known = [n for n in (STATE_NAME, LAST_NAME, BEST_NAME, METRICS_NAME) if (out_dir / n).exists()]
+    if resume and state is None:  # starting afresh would silently drop the run's options
+        raise UsageError(f"--resume: {out_dir} holds no run to continue (no {STATE_NAME})",
+                         f"the run stopped before its first epoch was saved: delete {out_dir} and start it again "
+                         "without --resume" if known else "drop --resume to start a new run, with all its options")
+    if not resume and known:
+        raise UsageError(f"{out_dir} already holds a fine-tuning run ({', '.join(known)})",
+                         "add --resume to continue it, or choose another -o folder")
     return state
 
 

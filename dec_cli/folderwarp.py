@@ -6,7 +6,8 @@ tree under DST (atomic writes, nothing overwritten without ``overwrite``) and
 finishes with ``DST/manifest.jsonl``. Work is split per file, so results are
 byte-identical whatever the number of worker processes and an interrupted job
 resumes by skipping the outputs already in place. `run_unwarp` inverts every
-warp a manifest records. Nothing here prints; user errors raise `UsageError`.
+warp a manifest records (`dec_cli.manifest` judges each record first).
+Nothing here prints; user errors raise `UsageError`.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from dec_cli import images
 from dec_cli.errors import DecError, UsageError
 from dec_cli.files import remove_stale_temporaries, write_json, write_text_atomic
 from dec_cli.objects import OBJECT, Box, ObjectError, load_boxes, mask_box, object_disc
+from dec_cli.manifest import MANIFEST_NAME, SLOPE_LIMITS, read_manifest
 from dec_cli.warp import DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, keyed_warp, zoom_warp
 
-MANIFEST = "manifest.jsonl"
+MANIFEST = MANIFEST_NAME  # its format and reader live in dec_cli.manifest
 JOB_FILE = ".dec-warp-job.json"
 MASKS_DIR = "masks"
 ZOOM_GRID, ZOOM_ROWS = 64, 17
@@ -78,6 +80,13 @@ class WarpSettings:
             if 2 * self.radius * max(self.zooms) >= 1:
                 raise UsageError(f"zoom {max(self.zooms)} with radius {self.radius} leaves no room outside the disc",
                                  "use a smaller --radius or factor")
+            # Outside the disc the warp compensates; `dec unwarp` accepts factors within SLOPE_LIMITS only.
+            lo, hi = SLOPE_LIMITS
+            for z in self.zooms:
+                outside = (1 - 2 * self.radius * z) / (1 - 2 * self.radius) if self.radius < 0.5 else math.inf
+                if not (lo <= z <= hi and lo <= outside <= hi):
+                    raise UsageError(f"zoom {z:g} with radius {self.radius:g} makes local scale factors outside "
+                                     f"[{lo:g}, {hi:g}]", "use a smaller --radius or a milder factor")
 
 
 @dataclass(frozen=True)
@@ -319,9 +328,6 @@ def _unwarp_file(ctx: _Context, record: dict[str, Any]) -> dict[str, Any]:
     if ctx.resume and not ctx.overwrite and target.exists():
         result["skipped"] = 1
         return result
-    if record.get("knots_x") is None or record.get("knots_y") is None:
-        result["bad"].append({"path": rel, "reason": "the manifest records no single warp for it (knots are null)"})
-        return result
     try:
         pic = images.read_image(Path(ctx.src) / rel)
     except (images.ImageReadError, OSError) as exc:
@@ -444,25 +450,6 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
     return summary
 
 
-def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a manifest file; `UsageError` if it is missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"manifest {path} does not exist", "pass --manifest DST/manifest.jsonl of a `dec warp` run")
-    records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"manifest {path} line {n} is not JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or "dst" not in record:
-            raise UsageError(f"manifest {path} line {n} has no 'dst' entry")
-        records.append(record)
-    return records
-
-
 def run_unwarp(src: str | os.PathLike, dst: str | os.PathLike, manifest: str | os.PathLike | None = None, *,
                workers: int = 1, overwrite: bool = False, resume: bool = False,
                on_start: Callable[[int], None] | None = None,
@@ -472,9 +459,8 @@ def run_unwarp(src: str | os.PathLike, dst: str | os.PathLike, manifest: str | o
         raise UsageError("--overwrite and --resume exclude each other", "use one of them")
     src_p, dst_p = Path(src), Path(dst)
     check_tree_paths(src_p, dst_p)
-    records = read_manifest(manifest if manifest is not None else src_p / MANIFEST)
-    if not records:
-        raise UsageError("the manifest lists no outputs", "run `dec warp` first")
+    found = read_manifest(manifest if manifest is not None else src_p / MANIFEST, roots=(src_p, dst_p), warps=True)
+    records = found.records
     if not overwrite and not resume:
         existing = [r["dst"] for r in records if (dst_p / r["dst"]).exists()]
         if existing:
@@ -482,7 +468,8 @@ def run_unwarp(src: str | os.PathLike, dst: str | os.PathLike, manifest: str | o
                              "pass --resume to finish or --overwrite to replace them")
     if resume or overwrite:
         remove_stale_temporaries(dst_p, recursive=True)
-    summary = JobSummary("unwarp", str(src_p), str(dst_p), files=len(records), outputs=len(records), workers=workers)
+    summary = JobSummary("unwarp", str(src_p), str(dst_p), files=len(records) + len(found.bad),
+                         outputs=len(records), workers=workers, bad=[b.entry(found.path) for b in found.bad])
     ctx = _Context(str(src_p), str(dst_p), None, WarpSettings(), overwrite, resume)
     if on_start:
         on_start(len(records))

@@ -61,7 +61,7 @@ def test_scan_modes(tmp_path):
     for rel in ["b.png", "a.jpg", "trip/c.png", "trip/.hidden/d.png", ".e.png", "masks/a.png"]:
         shutil.copy(PHOTOS / "animals" / "chelsea.png", root / rel)
     (root / "notes.txt").write_text("x")
-    (root / "manifest.jsonl").write_text(json.dumps({"dst": "a.jpg", "mask": "masks/a.png"}) + "\n")
+    (root / "manifest.jsonl").write_text(json.dumps({"dst": "a.jpg", "kind": "random", "mask": "masks/a.png"}) + "\n")
     flat = scan_image_folder(root, labels=None)  # a subfolder: class folders win
     assert flat.labels and flat.classes == ["trip"]
     shutil.move(root / "trip", tmp_path / "trip")
