@@ -22,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from dec_cli.errors import UsageError
+from dec_cli.treescan import walk_tree
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -54,6 +55,7 @@ class ImageFolderData:
     samples: list[Sample]
     zoom_sweep: bool = False
     ignored: list[str] = field(default_factory=list)  # files skipped by extension
+    unreadable: list[dict[str, str]] = field(default_factory=list)  # FIFOs, unreadable folders, link loops
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -62,7 +64,8 @@ class ImageFolderData:
         """The first ``n`` samples (in sorted path order); ``None`` keeps all."""
         if n is None:
             return self
-        return ImageFolderData(self.root, self.classes, self.samples[:n], self.zoom_sweep, self.ignored)
+        return ImageFolderData(self.root, self.classes, self.samples[:n], self.zoom_sweep, self.ignored,
+                               self.unreadable)
 
     def zooms(self) -> list[float]:
         """The distinct zoom factors, sorted (empty unless a zoom sweep)."""
@@ -76,7 +79,10 @@ def scan_image_folder(root: str | Path) -> ImageFolderData:
         raise UsageError(f"data directory {root} does not exist", "pass --data DIR with one subfolder per class")
     if not root.is_dir():
         raise UsageError(f"data path {root} is not a directory", "pass --data DIR with one subfolder per class")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise UsageError(f"cannot read data directory {root}: {exc.strerror or exc}", "check its permissions") from None
     manifest = root / MANIFEST_NAME
     if manifest.is_file() and (root / MASKS_DIR).is_dir():
         # `dec warp --masks` puts warped masks in DST/masks/: not a class of the tree.
@@ -90,19 +96,22 @@ def scan_image_folder(root: str | Path) -> ImageFolderData:
     classes = [p.name for p in class_dirs]
     samples: list[Sample] = []
     ignored: list[str] = []
+    unreadable: list[dict[str, str]] = []
     for label, class_dir in enumerate(class_dirs):
-        for path in sorted(class_dir.rglob("*")):
-            if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
-                continue
-            rel = path.relative_to(root).as_posix()
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                samples.append(Sample(path, rel, label))
-            else:
-                ignored.append(rel)
-    if not samples:
+        prefix = class_dir.name + "/"
+        try:
+            scan = walk_tree(class_dir, lambda name: Path(name).suffix.lower() in IMAGE_EXTENSIONS)
+        except OSError as exc:
+            unreadable.append({"path": prefix, "reason": f"cannot read folder: {exc.strerror or exc}"})
+            continue
+        files = sorted(scan.files, key=lambda rel: Path(rel).parts)
+        samples += [Sample(class_dir / rel, prefix + rel, label) for rel in files]
+        ignored += [prefix + rel for rel in scan.others]
+        unreadable += [{"path": prefix + b["path"], "reason": b["reason"]} for b in scan.bad]
+    if not samples and not unreadable:
         raise UsageError(f"data directory {root} has class folders but no images",
                          f"supported extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}")
-    data = ImageFolderData(root, classes, samples, ignored=ignored)
+    data = ImageFolderData(root, classes, samples, ignored=ignored, unreadable=unreadable)
     if manifest.is_file():
         _attach_manifest(data, manifest)
     return data

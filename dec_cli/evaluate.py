@@ -219,6 +219,10 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
         raise UsageError("no MODEL given", "pass a DEC checkpoint or a timm model name")
     dist_info = D.init_distributed(settings.device)
     data = scan_image_folder(data_dir).limit(settings.limit)
+    if not data.samples:  # every entry the scan found is bad
+        first = data.unreadable[0]
+        raise UsageError(f"none of the {len(data.unreadable)} entries in {data_dir} could be read "
+                         f"(first: {first['path']}: {first['reason']})", "check the files and folder permissions")
     k = resolve_warps(settings, data)
     check_thresholds_available(thresholds, warps=k, zoom_sweep=data.zoom_sweep)
     zooms = [s.zoom for s in data.samples]
@@ -258,10 +262,12 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
         ))
         del model, runner
     bad = [{"path": data.samples[i].rel, "reason": unreadable[i]} for i in sorted(unreadable)]
+    found = len(data.samples) + len(data.unreadable)  # the scan's bad entries (FIFOs, locked folders) count too
+    bad = sorted(bad + data.unreadable, key=lambda b: b["path"])
     report = Report(
         data={
-            "root": str(data_dir), "classes": len(data.classes), "images": len(data.samples),
-            "evaluated": len(data.samples) - len(bad), "unreadable": len(bad), "zoom_sweep": data.zoom_sweep,
+            "root": str(data_dir), "classes": len(data.classes), "images": found,
+            "evaluated": found - len(bad), "unreadable": len(bad), "zoom_sweep": data.zoom_sweep,
             "zooms": data.zooms(),
         },
         settings={

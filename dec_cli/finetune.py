@@ -204,6 +204,10 @@ def resolve_splits(data: str | Path, val: Optional[str | Path]) -> Splits:
         raise UsageError(f"validation folder {val_dir} does not exist", "add DATA/val/ or pass --val DIR")
     train = scan_image_folder(train_dir)
     valid = scan_image_folder(val_dir)
+    for split, where in ((train, train_dir), (valid, val_dir)):
+        if not split.samples:  # only bad entries (FIFOs, unreadable folders)
+            raise UsageError(f"{where} holds no readable images (first: {split.unreadable[0]['path']}: "
+                             f"{split.unreadable[0]['reason']})", "check the files and folder permissions")
     if train.classes != valid.classes:
         only_train = sorted(set(train.classes) - set(valid.classes))
         only_val = sorted(set(valid.classes) - set(train.classes))
@@ -654,7 +658,9 @@ class Trainer:
                       train_images=len(self.train_set), val_images=len(self.val_set), classes=self.classes,
                       device=str(self.device), world_size=self.dist.world, dec=self.has_dec,
                       new_head=self.new_head, resumed=self.resume_state is not None)
-        bad_files: set = set()
+        bad_files: set = {(f"{split}/{b['path']}", b["reason"])
+                          for split, data in (("train", self.splits.train), ("val", self.splits.val))
+                          for b in data.unreadable}
         epochs_run = 0
         for epoch in range(self.start_epoch, cfg.epochs):
             epochs_run += 1

@@ -27,6 +27,7 @@ import torch
 from dec_cli import images
 from dec_cli.errors import DecError, UsageError
 from dec_cli.files import remove_stale_temporaries, write_json, write_text_atomic
+from dec_cli.treescan import TreeScan, walk_tree
 from dec_cli.warp import DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, keyed_warp, zoom_warp
 
 MANIFEST = "manifest.jsonl"
@@ -170,17 +171,13 @@ def manifest_record(settings: WarpSettings, rel: str, out: Output, warp: Warp,
 # --------------------------------------------------------------------------- checks
 
 
-def scan_images(root: Path, *, exclude: Path | None = None) -> list[str]:
-    """Relative posix paths of files with image extensions under ``root``, sorted; hidden ones skipped."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and (exclude is None or (here / d).resolve() != exclude))
-        for name in filenames:
-            if not name.startswith(".") and images.is_image_path(name):
-                found.append((here / name).relative_to(root).as_posix())
-    return sorted(found)
+def scan_images(root: Path, *, exclude: Path | None = None) -> TreeScan:
+    """Files with image extensions under ``root`` (see `walk_tree`: FIFOs, unreadable folders
+    and link loops come back as bad entries); a ``root`` that cannot be listed is a `UsageError`."""
+    try:
+        return walk_tree(root, images.is_image_path, exclude=exclude)
+    except OSError as exc:
+        raise UsageError(f"cannot read folder {root}: {exc.strerror or exc}", "check its permissions") from None
 
 
 def check_tree_paths(src: Path, dst: Path, what: str = "SRC") -> None:
@@ -220,9 +217,7 @@ def _warp_file(ctx: _Context, rel: str, outs: list[Output], mask_rel: str | None
     """Warp one source file into all its outputs (run in a worker or inline)."""
     src, dst = Path(ctx.src), Path(ctx.dst)
     def mask_name(out: Output) -> str | None:
-        if mask_rel is None:
-            return None
-        return str(PurePosixPath(MASKS_DIR) / PurePosixPath(out.dst).with_suffix(PurePosixPath(mask_rel).suffix))
+        return None if mask_rel is None else mask_output(out.dst, mask_rel)
 
     def done(out: Output) -> bool:
         m = mask_name(out)
@@ -339,24 +334,68 @@ def _run_tasks(fn: Callable[..., dict[str, Any]], ctx: _Context, tasks: list[tup
 
 
 def plan_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSettings, *,
-              masks: str | os.PathLike | None = None) -> list[tuple[str, list[Output], str | None]]:
-    """Check paths and settings and list (relative path, outputs, mask) per source image."""
+              masks: str | os.PathLike | None = None
+              ) -> tuple[list[tuple[str, list[Output], str | None]], list[dict[str, str]]]:
+    """Check paths and settings; list (relative path, outputs, mask) per source image, and the bad
+    entries of the scans (FIFOs, unreadable folders, link loops)."""
     src, dst = Path(src), Path(dst)
     settings.check()
     check_tree_paths(src, dst)
-    rels = scan_images(src)
-    if not rels:
+    scan = scan_images(src)
+    if not scan.files and not scan.bad:
         raise UsageError(f"SRC {src} holds no image files",
                          f"image extensions: {' '.join(sorted(images.IMAGE_EXTENSIONS))}")
-    mask_index: dict[str, str] = {}
+    bad = list(scan.bad)
+    mask_of: dict[str, str] = {}
     if masks is not None:
         masks = Path(masks)
         if not masks.is_dir():
             raise UsageError(f"--masks {masks} is not a folder", "give a folder of masks named like the images")
-        for m in scan_images(masks):
-            mask_index.setdefault(str(PurePosixPath(m).with_suffix("")), m)
-    return [(rel, plan_outputs(rel, settings), mask_index.get(str(PurePosixPath(rel).with_suffix(""))))
-            for rel in rels]
+        mask_scan = scan_images(masks)
+        bad += [{"path": f"{MASKS_DIR}/{b['path']}", "reason": b["reason"]} for b in mask_scan.bad]
+        mask_of = match_masks(scan.files, mask_scan.files)
+    plan = [(rel, plan_outputs(rel, settings), mask_of.get(rel)) for rel in scan.files]
+    check_mask_outputs(plan)
+    return plan, bad
+
+
+def match_masks(rels: Sequence[str], mask_files: Sequence[str]) -> dict[str, str]:
+    """The mask of each image: the mask file with the same relative name apart from the extension.
+
+    Two masks for one image are ambiguous: `UsageError` naming them.
+    """
+    by_name: dict[str, list[str]] = {}
+    for m in mask_files:
+        by_name.setdefault(str(PurePosixPath(m).with_suffix("")), []).append(m)
+    found = {rel: by_name.get(str(PurePosixPath(rel).with_suffix("")), []) for rel in rels}
+    for rel, candidates in found.items():
+        if len(candidates) > 1:
+            raise UsageError(f"--masks: {len(candidates)} masks match {rel} ({', '.join(candidates)})",
+                             "keep one mask per image")
+    return {rel: candidates[0] for rel, candidates in found.items() if candidates}
+
+
+def mask_output(out_dst: str, mask_rel: str) -> str:
+    """Where the warped mask of an output goes: ``masks/`` + the output's name with the mask's extension."""
+    return str(PurePosixPath(MASKS_DIR) / PurePosixPath(out_dst).with_suffix(PurePosixPath(mask_rel).suffix))
+
+
+def check_mask_outputs(plan: Sequence[tuple[str, list[Output], str | None]]) -> None:
+    """Two images never share one warped mask (``a.png`` and ``a.jpg`` both matching ``masks/a.png``):
+    `UsageError` listing the clashes."""
+    owner: dict[str, str] = {}
+    clashes: dict[str, set[str]] = {}
+    for rel, outs, mask_rel in plan:
+        if mask_rel is None:
+            continue
+        for out in outs:
+            name = mask_output(out.dst, mask_rel)
+            if owner.setdefault(name, rel) != rel:
+                clashes.setdefault(mask_rel, {owner[name]}).add(rel)
+    if clashes:
+        listed = "; ".join(f"{MASKS_DIR}/{m} matches {' and '.join(sorted(r))}" for m, r in sorted(clashes.items()))
+        raise UsageError(f"--masks: images would share one warped mask: {listed}",
+                         "give each image its own mask name (images that differ only in extension cannot share one)")
 
 
 def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSettings = WarpSettings(), *,
@@ -369,7 +408,7 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
     if workers < 1:
         raise UsageError(f"--workers must be >= 1; got {workers}")
     src_p, dst_p = Path(src), Path(dst)
-    plan = plan_warp(src_p, dst_p, settings, masks=masks)
+    plan, scan_bad = plan_warp(src_p, dst_p, settings, masks=masks)
     job = {"settings": asdict(settings), "masks": masks is not None}
     job = json.loads(json.dumps(job))  # tuples -> lists, as stored on disk
     job_file = dst_p / JOB_FILE
@@ -396,6 +435,7 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
         on_start(len(plan))
     start = time.perf_counter()
     results = _run_tasks(_warp_file, ctx, plan, workers, on_progress)
+    summary.bad.extend(scan_bad)
     records = _collect(summary, results)
     manifest = dst_p / MANIFEST
     write_text_atomic(manifest, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
