@@ -25,7 +25,8 @@ from dec_cli.data import ImageDataset, ImageFolderData, collate_skip, data_confi
 from dec_cli.data import class_to_output
 from dec_cli.errors import UsageError
 from dec_cli.metrics import Threshold, batch_records, concat_records, summarize, warp_strength
-from dec_cli.warp import DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, key_seed, random_warp
+from dec_cli.warp import (DEFAULT_SCALE_RANGE, Warp, apply_warp, check_grid_rows, check_scale_range, key_seed,
+                          random_warp)
 
 SCHEMA_VERSION = 1
 DEFAULT_WARPS = 4
@@ -184,8 +185,10 @@ def check_settings(settings: EvalSettings) -> None:
     """Reject impossible settings before any work (UsageError, exit 2)."""
     if settings.warps is not None and settings.warps < 0:
         raise UsageError(f"--warps must be 0 or more; got {settings.warps}")
-    if settings.grid < 1 or settings.rows < 1:
-        raise UsageError(f"--grid and --rows must be positive; got {settings.grid} and {settings.rows}")
+    try:
+        check_grid_rows(settings.grid, settings.rows)
+    except ValueError as exc:
+        raise UsageError(str(exc), "for example --grid 8 --rows 1") from None
     if settings.batch_size < 1:
         raise UsageError(f"--batch-size must be positive; got {settings.batch_size}")
     if settings.workers < 0:

@@ -35,8 +35,8 @@ from dec_cli import distributed as dist_utils
 from dec_cli.config import merge_options
 from dec_cli.errors import DecError, UsageError
 from dec_cli.files import atomic_path, remove_stale_temporaries
-from dec_cli.warp import (DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, key_seed, keyed_warp,
-                          parse_scale_range, random_warp)
+from dec_cli.warp import (DEFAULT_SCALE_RANGE, MAX_GRID, MAX_ROWS, Warp, apply_warp, check_scale_range, key_seed,
+                          keyed_warp, parse_scale_range, random_warp)
 
 STATE_NAME = "state.pt"
 LAST_NAME = "last.safetensors"
@@ -108,7 +108,8 @@ class FinetuneConfig:
             (self.dec_warmup_epochs >= 0, "--dec-warmup-epochs must be >= 0"),
             (self.eq_weight >= 0, "--eq-weight must be >= 0"),
             (0 <= self.aug_prob <= 1, "--aug-prob must lie in [0, 1]"),
-            (self.grid >= 1 and self.rows >= 1, "--grid and --rows must be at least 1"),
+            (1 <= self.grid <= MAX_GRID and 1 <= self.rows <= MAX_ROWS,
+             f"--grid must lie in 1..{MAX_GRID} and --rows in 1..{MAX_ROWS}"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must lie in [0, 1)"),
             (self.clip_grad >= 0, "--clip-grad must be >= 0 (0 turns clipping off)"),
             (self.workers >= 0, "--workers must be >= 0"),

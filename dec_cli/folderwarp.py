@@ -28,12 +28,14 @@ from dec_cli import images
 from dec_cli.errors import DecError, UsageError
 from dec_cli.files import remove_stale_temporaries, write_json, write_text_atomic
 from dec_cli.treescan import TreeScan, walk_tree
-from dec_cli.warp import DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, keyed_warp, zoom_warp
+from dec_cli.warp import (DEFAULT_SCALE_RANGE, SCALE_LIMITS, Warp, apply_warp, check_grid_rows, check_scale_range,
+                          keyed_warp, zoom_warp)
 
 MANIFEST = "manifest.jsonl"
 JOB_FILE = ".dec-warp-job.json"
 MASKS_DIR = "masks"
 ZOOM_GRID, ZOOM_ROWS = 64, 17
+MIN_RADIUS = 0.02  # a smaller zoom disc covers no pixel of most images
 # Unwarping resamples a second time; bicubic keeps more of the detail the first pass kept.
 UNWARP_SAMPLING = "bicubic"
 
@@ -57,20 +59,45 @@ class WarpSettings:
             check_scale_range(self.scale_range)
         except ValueError as exc:
             raise UsageError(str(exc), "for example --scale-range 0.75,1.33") from None
-        if self.grid < 1 or self.rows < 1 or self.copies < 1:
-            raise UsageError(f"--grid, --rows and --copies must be >= 1; got {self.grid}, {self.rows}, {self.copies}")
+        try:
+            check_grid_rows(self.grid, self.rows)
+        except ValueError as exc:
+            raise UsageError(str(exc), "for example --grid 8 --rows 2") from None
+        if self.copies < 1:
+            raise UsageError(f"--copies must be >= 1; got {self.copies}")
         if self.zooms is not None:
-            if not self.zooms or any(not (math.isfinite(z) and z > 0) for z in self.zooms):
-                raise UsageError(f"--zoom factors must be positive numbers; got {self.zooms}",
+            lo, hi = SCALE_LIMITS
+            if not self.zooms or any(not (math.isfinite(z) and lo <= z <= hi) for z in self.zooms):
+                raise UsageError(f"--zoom factors must lie in [{lo:g}, {hi:g}]; got {','.join(map(str, self.zooms))}",
                                  "for example --zoom 0.8,1,1.25")
-            if not 0 < self.radius <= 0.5:
-                raise UsageError(f"--radius must be in (0, 0.5]; got {self.radius}")
+            _check_distinct_zooms(self.zooms)
+            if not MIN_RADIUS <= self.radius <= 0.5:
+                raise UsageError(f"--radius must lie in [{MIN_RADIUS:g}, 0.5]; got {self.radius}")
             cx, cy = self.center or (0.5, 0.5)
             if not (0 <= cx <= 1 and 0 <= cy <= 1):
                 raise UsageError(f"--center must lie in [0, 1]^2; got {cx},{cy}", "for example --center 0.5,0.4")
             if 2 * self.radius * max(self.zooms) >= 1:
                 raise UsageError(f"zoom {max(self.zooms)} with radius {self.radius} leaves no room outside the disc",
                                  "use a smaller --radius or factor")
+
+
+def _check_distinct_zooms(zooms: Sequence[float]) -> None:
+    """Two factors that name the same output (``1,1`` or ``1,1.0000001``) would write one file twice."""
+    seen: dict[str, float] = {}
+    for z in zooms:
+        name = format(z, "g")
+        if name in seen:
+            raise UsageError(f"--zoom factors {seen[name]:.10g} and {z:.10g} both name outputs *.z{name}.*",
+                             "give each factor once (names keep 6 significant digits)")
+        seen[name] = z
+
+
+def size_problem(settings: WarpSettings, width: int, height: int) -> str | None:
+    """Why random warps of ``settings`` do not fit an image of this size (None when they do)."""
+    if settings.zooms is None and max(settings.grid, settings.rows) > min(width, height):
+        return (f"{width}x{height} pixels is too small for --grid {settings.grid} --rows {settings.rows} "
+                "(at least one pixel per interval and row)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -233,6 +260,10 @@ def _warp_file(ctx: _Context, rel: str, outs: list[Output], mask_rel: str | None
             w, h = images.image_size(src / rel)
     except (images.ImageReadError, OSError) as exc:
         result["bad"].append({"path": rel, "reason": _read_failure(exc)})
+        return result
+    too_small = size_problem(ctx.settings, w, h)
+    if too_small:
+        result["bad"].append({"path": rel, "reason": too_small})
         return result
     mask_pic = None
     if mask_rel is not None and pending:

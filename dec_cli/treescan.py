@@ -51,7 +51,8 @@ def _reason(exc: OSError) -> str:
 
 def walk_tree(root: str | os.PathLike, wanted: Callable[[str], bool], *,
               exclude: Path | None = None) -> TreeScan:
-    """Walk ``root`` (symbolic links to folders followed, loops reported) and sort what is there.
+    """Walk ``root`` and sort what is there. Symbolic links to folders are followed, except those
+    that lead to the folder itself or one above it (on the real path or the walk): loops are reported.
 
     ``wanted(name)`` picks the files to read; each of them must be a regular file
     (or a link to one) or it is a bad entry. ``exclude`` is a resolved folder not
@@ -68,6 +69,7 @@ def walk_tree(root: str | os.PathLike, wanted: Callable[[str], bool], *,
 
     while stack:
         folder, ancestors = stack.pop()
+        here = folder.resolve()
         try:
             with os.scandir(folder) as it:
                 entries = [e for e in it if not e.name.startswith(".")]
@@ -90,8 +92,8 @@ def walk_tree(root: str | os.PathLike, wanted: Callable[[str], bool], *,
                 except OSError as exc:
                     scan.bad.append({"path": rel(path) + "/", "reason": _reason(exc)})
                     continue
-                key = (st.st_dev, st.st_ino)
-                if key in ancestors:
+                key, real = (st.st_dev, st.st_ino), path.resolve()
+                if key in ancestors or real == here or real in here.parents:
                     scan.bad.append({"path": rel(path) + "/",
                                      "reason": "symbolic link loop: leads back to an enclosing folder, not followed"})
                     continue
