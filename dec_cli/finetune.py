@@ -36,7 +36,7 @@ from dec_cli.config import merge_options
 from dec_cli.errors import DecError, UsageError
 from dec_cli.files import atomic_path, remove_stale_temporaries
 from dec_cli.warp import (DEFAULT_SCALE_RANGE, MAX_GRID, MAX_ROWS, Warp, apply_warp, check_scale_range, key_seed,
-                          keyed_warp, parse_scale_range, random_warp)
+                          keyed_warp, random_warp)
 
 STATE_NAME = "state.pt"
 LAST_NAME = "last.safetensors"
@@ -133,10 +133,8 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
     """Turn a command-line or YAML value into the option's type; a bad one is a usage error."""
     flag = "--" + name.replace("_", "-")
     try:
-        if name == "scale_range":
-            if isinstance(value, str):
-                return parse_scale_range(value)
-            lo, hi = (float(v) for v in value)
+        if name == "scale_range":  # validate() checks the range and says why
+            lo, hi = (float(v) for v in (value.split(",") if isinstance(value, str) else value))
             return (lo, hi)
         if isinstance(default, bool):
             if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
