@@ -22,7 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from dec_cli.errors import UsageError
-from dec_cli.treescan import walk_tree
+from dec_cli.treescan import check_regular_file, walk_tree
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -164,8 +164,10 @@ def _strip_zoom_suffix(rel: str) -> str:
 def load_image(path: str | Path) -> Image.Image:
     """Decode any image file to 8-bit RGB: EXIF orientation applied, first frame, alpha on white.
 
-    Raises ``OSError``/``ValueError`` (with a short reason) for files Pillow cannot read.
+    Raises ``OSError``/``ValueError`` (with a short reason) for files Pillow cannot read, and
+    for anything but a regular file (opening a FIFO would block forever).
     """
+    check_regular_file(path)
     try:
         with Image.open(path) as img:
             img.seek(0)

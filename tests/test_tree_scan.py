@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dec_cli.checkpoint import load_model, save_model
-from dec_cli.data import scan_image_folder
+from dec_cli.data import load_image, scan_image_folder
 from test_evaluate import CLASSES, make_tree
 
 DATA = Path(__file__).parent / "data"
@@ -103,6 +103,8 @@ def test_evaluate_scan_lists_fifos_and_dangling_links(tmp_path):
     assert data.unreadable == [{"path": "circle/pipe.jpg", "reason": "not a regular file (a FIFO)"},
                                {"path": "square/gone.png", "reason": "dangling symbolic link"}]
     assert len(data.samples) == 9
+    with pytest.raises(OSError, match="FIFO"):  # the decoder refuses it too, without opening it
+        load_image(root / CLASSES[0] / "pipe.jpg")
 
 
 # --------------------------------------------------------------------------- unreadable folders
@@ -182,3 +184,16 @@ def test_evaluate_follows_linked_class_folders_and_lists_loops(tmp_path):
     assert len(data.samples) == 12
     assert sum(s.rel.startswith("circle/more/") for s in data.samples) == 3
     assert [b["path"] for b in data.unreadable] == ["square/loop/"]
+
+
+def test_finetune_lists_what_its_scan_cannot_read(run_dec, tmp_path):
+    from test_finetune import CLASSES as SHAPES, make_dec_checkpoint, make_shapes
+
+    data = make_shapes(tmp_path / "shapes", n_train=2, n_val=1)
+    os.mkfifo(data / "train" / SHAPES[0] / "pipe.png")
+    ckpt = make_dec_checkpoint(tmp_path / "dec.safetensors")
+    result = run_dec("finetune", ckpt, data, "-o", tmp_path / "run", "--epochs", "1", "--batch-size", "6",
+                     "--workers", "0", "--device", "cpu", "--json", "-", "--quiet")
+    assert result.code == 0, result.err
+    bad = json.loads(result.out)["bad_files"]
+    assert bad == [{"path": f"train/{SHAPES[0]}/pipe.png", "reason": "not a regular file (a FIFO)"}]
