@@ -4,9 +4,11 @@ Checked for `dec warp`, `dec unwarp` and `dec evaluate`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,25 @@ def dec_child(*args, as_nobody: bool = False, warmup: list | None = None) -> sub
     else:
         cmd = [sys.executable, "-m", "dec_cli", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+class Hung(BaseException):
+    """Raised by the alarm when a command blocks (a BaseException: the CLI must not turn it into an exit code)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: int = TIMEOUT):
+    """Fail instead of hanging: an opened FIFO blocks forever, and the alarm interrupts it."""
+    def ring(signum, frame):
+        raise Hung(f"still running after {seconds} s: something opened a FIFO")
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def photos(folder: Path) -> Path:
@@ -70,28 +91,31 @@ def open_tmp():
 # --------------------------------------------------------------------------- FIFOs and dangling links
 
 
-def test_a_fifo_named_like_an_image_is_listed_not_opened(tmp_path):
+def test_a_fifo_named_like_an_image_is_listed_not_opened(run_dec, tmp_path):
     src = photos(tmp_path / "src")
     os.mkfifo(src / "x.png")
     os.symlink("nowhere.png", src / "gone.png")
     dst = tmp_path / "dst"
-    result = dec_child("warp", src, dst, "--quiet", "--json", tmp_path / "s.json")
-    assert result.returncode == 1, result.stderr
+    with deadline():
+        result = run_dec("warp", src, dst, "--quiet", "--json", tmp_path / "s.json")
+        skipped = run_dec("warp", src, tmp_path / "dst2", "--quiet", "--skip-bad")
+    assert result.code == 1, result.err
     bad = {b["path"]: b["reason"] for b in json.loads((tmp_path / "s.json").read_text())["bad"]}
     assert bad == {"x.png": "not a regular file (a FIFO)", "gone.png": "dangling symbolic link"}
-    assert "x.png: not a regular file (a FIFO)" in result.stderr
+    assert "x.png: not a regular file (a FIFO)" in result.err
     assert [r["src"] for r in manifest(dst)] == ["chelsea.png", "horse.png"]
-    assert dec_child("warp", src, tmp_path / "dst2", "--quiet", "--skip-bad").returncode == 0
+    assert skipped.code == 0, skipped.err
 
 
-def test_unwarp_lists_a_fifo_in_place_of_an_output(tmp_path):
+def test_unwarp_lists_a_fifo_in_place_of_an_output(run_dec, tmp_path):
     src, warped = photos(tmp_path / "src"), tmp_path / "warped"
-    assert dec_child("warp", src, warped, "--quiet").returncode == 0
+    assert run_dec("warp", src, warped, "--quiet").code == 0
     (warped / "horse.png").unlink()
     os.mkfifo(warped / "horse.png")
-    result = dec_child("unwarp", warped, tmp_path / "restored", "--quiet", "--json", "-")
-    assert result.returncode == 1, result.stderr
-    assert json.loads(result.stdout)["bad"] == [{"path": "horse.png", "reason": "not a regular file (a FIFO)"}]
+    with deadline():
+        result = run_dec("unwarp", warped, tmp_path / "restored", "--quiet", "--json", "-")
+    assert result.code == 1, result.err
+    assert json.loads(result.out)["bad"] == [{"path": "horse.png", "reason": "not a regular file (a FIFO)"}]
     assert (tmp_path / "restored/chelsea.png").is_file()
 
 
@@ -139,25 +163,26 @@ def test_evaluate_lists_an_unreadable_class_subfolder(open_tmp):
     torch.manual_seed(0)
     ckpt = open_tmp / "m.safetensors"
     save_model(load_model("test_resnet", num_classes=3), ckpt, class_names=CLASSES)
-    for folder, _, files in os.walk(open_tmp):
+    for folder, _, files in os.walk(root):
         os.chmod(folder, 0o755)
         for name in files:
             os.chmod(Path(folder) / name, 0o644)
+    os.chmod(ckpt, 0o644)
     os.chmod(root / CLASSES[2] / "locked", 0o000)
-    args = ["evaluate", ckpt, "--data", root, "--img-size", "32", "--warps", "1", "--json", "-", "--quiet"]
-    result = dec_child(*args, as_nobody=True)
-    assert result.returncode == 0, result.stderr
-    doc = json.loads(result.stdout)
+    args = ["evaluate", ckpt, "--data", root, "--img-size", "32", "--warps", "1", "--quiet",
+            "--json", open_tmp / "report.json", "--fail-if", "unreadable>0"]
+    result = dec_child(*args, as_nobody=True, warmup=args[:-4] + ["--limit", "1"])
+    assert result.returncode == 1, result.stderr  # the --fail-if rule holds
+    assert "unreadable" in result.stderr
+    doc = json.loads((open_tmp / "report.json").read_text())
     assert doc["unreadable"] == [{"path": "stripes/locked/", "reason": "cannot read folder: Permission denied"}]
     assert doc["data"]["unreadable"] == 1 and doc["data"]["evaluated"] == 9
-    gate = dec_child(*args, "--fail-if", "unreadable>0", as_nobody=True, warmup=args)
-    assert gate.returncode == 1, gate.stderr
 
 
 # --------------------------------------------------------------------------- linked folders
 
 
-def test_linked_folders_are_followed_and_loops_listed(tmp_path):
+def test_linked_folders_are_followed_and_loops_listed(run_dec, tmp_path):
     src = photos(tmp_path / "src")
     photos(tmp_path / "elsewhere")
     os.symlink(tmp_path / "elsewhere", src / "linked")
@@ -165,9 +190,9 @@ def test_linked_folders_are_followed_and_loops_listed(tmp_path):
     (src / "deep").mkdir()
     os.symlink(src, src / "deep" / "loop")
     dst = tmp_path / "dst"
-    result = dec_child("warp", src, dst, "--quiet", "--workers", "2", "--json", "-")
-    assert result.returncode == 1, result.stderr
-    summary = json.loads(result.stdout)
+    result = run_dec("warp", src, dst, "--quiet", "--json", "-")
+    assert result.code == 1, result.err
+    summary = json.loads(result.out)
     loop = "symbolic link loop: leads back to an enclosing folder, not followed"
     assert summary["bad"] == [{"path": "deep/loop/", "reason": loop}, {"path": "up/", "reason": loop}]
     srcs = [r["src"] for r in manifest(dst)]

@@ -70,7 +70,7 @@ def test_two_images_never_share_one_warped_mask(run_dec, tmp_path, workers):
     assert not (dst / "masks").exists() and not (dst / "manifest.jsonl").exists()
     # without the clash every image has its own warped mask
     (src / "pets/a.jpg").unlink()
-    assert run_dec("warp", src, dst, "-q", "--masks", masks, "--workers", workers, "--copies", "2").code == 0
+    assert run_dec("warp", src, dst, "-q", "--masks", masks, "--copies", "2").code == 0
     records = [json.loads(line) for line in (dst / "manifest.jsonl").read_text().splitlines()]
     mask_names = [r["mask"] for r in records]
     assert len(set(mask_names)) == len(records) == 4
