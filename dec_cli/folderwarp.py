@@ -424,7 +424,9 @@ def check_mask_outputs(plan: Sequence[tuple[str, list[Output], str | None]]) -> 
             if owner.setdefault(name, rel) != rel:
                 clashes.setdefault(mask_rel, {owner[name]}).add(rel)
     if clashes:
-        listed = "; ".join(f"{MASKS_DIR}/{m} matches {' and '.join(sorted(r))}" for m, r in sorted(clashes.items()))
+        listed = "; ".join(f"{MASKS_DIR}/{m} matches {' and '.join(sorted(r))}" for m, r in sorted(clashes.items())[:3])
+        if len(clashes) > 3:
+            listed += f"; and {len(clashes) - 3} more"
         raise UsageError(f"--masks: images would share one warped mask: {listed}",
                          "give each image its own mask name (images that differ only in extension cannot share one)")
 
