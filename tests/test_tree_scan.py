@@ -1,6 +1,6 @@
 """Walking input trees: FIFOs and other non-files are listed, never opened; unreadable folders
 (a real non-root permission) and folder link loops are listed; linked folders are followed.
-Checked for `dec warp`, `dec unwarp` and `dec evaluate`."""
+Checked for `dec warp`, `dec unwarp`, `dec evaluate` and `dec finetune`."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
 NOBODY_SCRIPT = Path(__file__).parent / "nobody.py"
 NOBODY = 65534
-TIMEOUT = 240  # a FIFO that is opened blocks forever: the child is stopped and the test fails
+TIMEOUT = 240  # an opened FIFO blocks forever: the alarm (or the child's timeout) turns that into a failure
 
 
 def dec_child(*args, as_nobody: bool = False, warmup: list | None = None) -> subprocess.CompletedProcess:
