@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from dec_cli.errors import UsageError
 from dec_cli.manifest import read_tree_manifest
+from dec_cli.treescan import TreeScan, check_regular_file, walk_tree
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -57,6 +58,7 @@ class ImageFolderData:
     zoom_sweep: bool = False
     ignored: list[str] = field(default_factory=list)  # files skipped by extension
     labels: bool = True  # False: no classes; every sample's label is NO_LABEL
+    unreadable: list[dict[str, str]] = field(default_factory=list)  # FIFOs, unreadable folders, link loops
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -65,7 +67,8 @@ class ImageFolderData:
         """The first ``n`` samples (in sorted path order); ``None`` keeps all."""
         if n is None:
             return self
-        return ImageFolderData(self.root, self.classes, self.samples[:n], self.zoom_sweep, self.ignored, self.labels)
+        return ImageFolderData(self.root, self.classes, self.samples[:n], self.zoom_sweep, self.ignored,
+                               labels=self.labels, unreadable=self.unreadable)
 
     def zooms(self) -> list[float]:
         """The distinct zoom factors, sorted (empty unless a zoom sweep)."""
@@ -85,15 +88,20 @@ def scan_image_folder(root: str | Path, labels: Optional[bool] = True) -> ImageF
         raise UsageError(f"data directory {root} does not exist", "pass --data DIR with one subfolder per class")
     if not root.is_dir():
         raise UsageError(f"data path {root} is not a directory", "pass --data DIR with one subfolder per class")
+    try:
+        entries = _visible(root)
+    except OSError as exc:
+        raise UsageError(f"cannot read data directory {root}: {exc.strerror or exc}", "check its permissions") from None
     records = read_tree_manifest(root)
-    subdirs = [p for p in _visible(root) if p.is_dir() and not _is_mask_dir(p, records)]
+    masks = [p for p in entries if p.is_dir() and _is_mask_dir(p, records)]
+    subdirs = [p for p in entries if p.is_dir() and p not in masks]
     if labels is None:
         labels = bool(subdirs)
     if labels:
         data = _scan_classes(root, subdirs)
     else:
-        files = _files(root, [*_visible(root), *(f for d in subdirs for f in d.rglob("*"))])
-        data = _scan_files(root, [], [(f, NO_LABEL) for f in files], labels=False)
+        scan = walk_tree(root, _is_image_name, exclude=masks[0].resolve() if masks else None)
+        data = _collect(root, [], [(scan, "", NO_LABEL)], labels=False)
     if records is not None:
         _attach_manifest(data, records)
     return data
@@ -104,10 +112,8 @@ def _visible(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
 
 
-def _files(root: Path, paths: Iterable[Path]) -> list[Path]:
-    """The regular files among ``paths`` (sorted), leaving out hidden ones and those in hidden folders."""
-    return sorted(p for p in paths
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+def _is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _is_mask_dir(folder: Path, records: Optional[list[dict[str, Any]]]) -> bool:
@@ -123,25 +129,33 @@ def _scan_classes(root: Path, class_dirs: list[Path]) -> ImageFolderData:
         has_files = any(p.is_file() for p in _visible(root))
         what = "has no class folders" if has_files else "is empty"
         raise UsageError(f"data directory {root} {what}", "put images in one subfolder per class (ImageFolder layout)")
-    files = [(f, label) for label, d in enumerate(class_dirs) for f in _files(root, d.rglob("*"))]
-    return _scan_files(root, [d.name for d in class_dirs], files, labels=True)
+    scans = []
+    for label, class_dir in enumerate(class_dirs):
+        try:
+            scan = walk_tree(class_dir, _is_image_name)
+        except OSError as exc:
+            scan = TreeScan(bad=[{"path": "", "reason": f"cannot read folder: {exc.strerror or exc}"}])
+        scans.append((scan, class_dir.name + "/", label))
+    return _collect(root, [d.name for d in class_dirs], scans, labels=True)
 
 
-def _scan_files(root: Path, classes: list[str], files: list[tuple[Path, int]], *, labels: bool) -> ImageFolderData:
-    """Samples from ``(path, label)`` pairs: image extensions kept, other files listed as ignored."""
+def _collect(root: Path, classes: list[str], scans: list[tuple[TreeScan, str, int]], *,
+             labels: bool) -> ImageFolderData:
+    """Samples from walks of ``root`` (or of its class folders: ``(scan, prefix, label)``);
+    other names are listed as ignored and bad entries as unreadable."""
     samples: list[Sample] = []
     ignored: list[str] = []
-    for path, label in files:
-        rel = path.relative_to(root).as_posix()
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
-            samples.append(Sample(path, rel, label))
-        else:
-            ignored.append(rel)
-    if not samples:
-        where = "has class folders but no images" if labels else ("has no images" if files else "is empty")
+    unreadable: list[dict[str, str]] = []
+    for scan, prefix, label in scans:
+        files = sorted(scan.files, key=lambda rel: Path(rel).parts)
+        samples += [Sample(root / (prefix + rel), prefix + rel, label) for rel in files]
+        ignored += [prefix + rel for rel in scan.others]
+        unreadable += [{"path": prefix + b["path"], "reason": b["reason"]} for b in scan.bad]
+    if not samples and not unreadable:
+        where = "has class folders but no images" if labels else ("has no images" if ignored else "is empty")
         raise UsageError(f"data directory {root} {where}",
                          f"supported extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}")
-    return ImageFolderData(root, classes, samples, ignored=ignored, labels=labels)
+    return ImageFolderData(root, classes, samples, ignored=ignored, labels=labels, unreadable=unreadable)
 
 
 def _attach_manifest(data: ImageFolderData, records: list[dict[str, Any]]) -> None:
@@ -172,8 +186,10 @@ def _strip_zoom_suffix(rel: str) -> str:
 def load_image(path: str | Path) -> Image.Image:
     """Decode any image file to 8-bit RGB: EXIF orientation applied, first frame, alpha on white.
 
-    Raises ``OSError``/``ValueError`` (with a short reason) for files Pillow cannot read.
+    Raises ``OSError``/``ValueError`` (with a short reason) for files Pillow cannot read, and
+    for anything but a regular file (opening a FIFO would block forever).
     """
+    check_regular_file(path)
     try:
         with Image.open(path) as img:
             img.seek(0)

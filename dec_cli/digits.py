@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from dec_cli.errors import UsageError
+from dec_cli.warp import check_scale_range
 
 SPLITS = ("train", "val", "test")
 ZOOM_DIR = "test-zoom"
@@ -289,9 +290,10 @@ def check_config(config: DigitsConfig) -> None:
         raise UsageError(f"--digits must be 2 or 3; got {config.digits}")
     if not 8 <= config.cell <= 512:
         raise UsageError(f"--cell must be between 8 and 512 pixels; got {config.cell}")
-    lo, hi = config.scale_range
-    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= 1 <= hi):
-        raise UsageError(f"--scale-range must satisfy 0 < LO <= 1 <= HI; got {lo},{hi}")
+    try:
+        check_scale_range(config.scale_range)
+    except ValueError as exc:
+        raise UsageError(f"--scale-range: {exc}") from None
     if not config.zoom:
         raise UsageError("--zoom needs at least one factor")
     for z in config.zoom:

@@ -26,7 +26,8 @@ from dec_cli.data import class_to_output
 from dec_cli.errors import UsageError
 from dec_cli.memory import EVAL_ACTIVATIONS, check_batch_fits
 from dec_cli.metrics import LABEL_METRICS, Threshold, batch_records, concat_records, summarize, warp_strength
-from dec_cli.warp import DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, key_seed, random_warp
+from dec_cli.warp import (DEFAULT_SCALE_RANGE, Warp, apply_warp, check_grid_rows, check_scale_range, key_seed,
+                          random_warp)
 
 SCHEMA_VERSION = 1
 DEFAULT_WARPS = 4
@@ -187,8 +188,10 @@ def check_settings(settings: EvalSettings) -> None:
     """Reject impossible settings before any work (UsageError, exit 2)."""
     if settings.warps is not None and settings.warps < 0:
         raise UsageError(f"--warps must be 0 or more; got {settings.warps}")
-    if settings.grid < 1 or settings.rows < 1:
-        raise UsageError(f"--grid and --rows must be positive; got {settings.grid} and {settings.rows}")
+    try:
+        check_grid_rows(settings.grid, settings.rows)
+    except ValueError as exc:
+        raise UsageError(str(exc), "for example --grid 8 --rows 1") from None
     if settings.batch_size < 1:
         raise UsageError(f"--batch-size must be positive; got {settings.batch_size}")
     if settings.workers < 0:
@@ -227,6 +230,10 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
         raise UsageError("no MODEL given", "pass a DEC checkpoint or a timm model name")
     dist_info = D.init_distributed(settings.device)
     data = scan_image_folder(data_dir, labels=False if settings.no_labels else None).limit(settings.limit)
+    if not data.samples:  # every entry the scan found is bad
+        first = data.unreadable[0]
+        raise UsageError(f"none of the {len(data.unreadable)} entries in {data_dir} could be read "
+                         f"(first: {first['path']}: {first['reason']})", "check the files and folder permissions")
     k = resolve_warps(settings, data)
     check_thresholds_available(thresholds, warps=k, zoom_sweep=data.zoom_sweep, labels=data.labels)
     zooms = [s.zoom for s in data.samples]
@@ -267,11 +274,13 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
         ))
         del model, runner
     bad = [{"path": data.samples[i].rel, "reason": unreadable[i]} for i in sorted(unreadable)]
+    found = len(data.samples) + len(data.unreadable)  # the scan's bad entries (FIFOs, locked folders) count too
+    bad = sorted(bad + data.unreadable, key=lambda b: b["path"])
     report = Report(
         data={
-            "root": str(data_dir), "labels": data.labels, "classes": len(data.classes),
-            "images": len(data.samples), "evaluated": len(data.samples) - len(bad), "unreadable": len(bad),
-            "zoom_sweep": data.zoom_sweep, "zooms": data.zooms(),
+            "root": str(data_dir), "labels": data.labels, "classes": len(data.classes), "images": found,
+            "evaluated": found - len(bad), "unreadable": len(bad), "zoom_sweep": data.zoom_sweep,
+            "zooms": data.zooms(),
         },
         settings={
             "warps": k, "scale_range": list(settings.scale_range), "grid": settings.grid, "rows": settings.rows,

@@ -36,8 +36,8 @@ from dec_cli.config import merge_options
 from dec_cli.errors import DecError, UsageError
 from dec_cli.files import atomic_path, remove_stale_temporaries
 from dec_cli.memory import TRAIN_ACTIVATIONS, check_batch_fits
-from dec_cli.warp import (DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, key_seed, keyed_warp,
-                          parse_scale_range, random_warp)
+from dec_cli.warp import (DEFAULT_SCALE_RANGE, MAX_GRID, MAX_ROWS, Warp, apply_warp, check_scale_range, key_seed,
+                          keyed_warp, random_warp)
 
 STATE_NAME = "state.pt"
 LAST_NAME = "last.safetensors"
@@ -109,7 +109,8 @@ class FinetuneConfig:
             (self.dec_warmup_epochs >= 0, "--dec-warmup-epochs must be >= 0"),
             (self.eq_weight >= 0, "--eq-weight must be >= 0"),
             (0 <= self.aug_prob <= 1, "--aug-prob must lie in [0, 1]"),
-            (self.grid >= 1 and self.rows >= 1, "--grid and --rows must be at least 1"),
+            (1 <= self.grid <= MAX_GRID and 1 <= self.rows <= MAX_ROWS,
+             f"--grid must lie in 1..{MAX_GRID} and --rows in 1..{MAX_ROWS}"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must lie in [0, 1)"),
             (self.clip_grad >= 0, "--clip-grad must be >= 0 (0 turns clipping off)"),
             (self.workers >= 0, "--workers must be >= 0"),
@@ -133,10 +134,8 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
     """Turn a command-line or YAML value into the option's type; a bad one is a usage error."""
     flag = "--" + name.replace("_", "-")
     try:
-        if name == "scale_range":
-            if isinstance(value, str):
-                return parse_scale_range(value)
-            lo, hi = (float(v) for v in value)
+        if name == "scale_range":  # validate() checks the range and says why
+            lo, hi = (float(v) for v in (value.split(",") if isinstance(value, str) else value))
             return (lo, hi)
         if isinstance(default, bool):
             if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
@@ -205,6 +204,10 @@ def resolve_splits(data: str | Path, val: Optional[str | Path]) -> Splits:
         raise UsageError(f"validation folder {val_dir} does not exist", "add DATA/val/ or pass --val DIR")
     train = scan_image_folder(train_dir)
     valid = scan_image_folder(val_dir)
+    for split, where in ((train, train_dir), (valid, val_dir)):
+        if not split.samples:  # only bad entries (FIFOs, unreadable folders)
+            raise UsageError(f"{where} holds no readable images (first: {split.unreadable[0]['path']}: "
+                             f"{split.unreadable[0]['reason']})", "check the files and folder permissions")
     if train.classes != valid.classes:
         only_train = sorted(set(train.classes) - set(valid.classes))
         only_val = sorted(set(valid.classes) - set(train.classes))
@@ -660,7 +663,9 @@ class Trainer:
                       device=str(self.device), world_size=self.dist.world, dec=self.has_dec,
                       new_head=self.new_head, resumed=self.resume_state is not None,
                       weights_conversion=self.weights_conversion)
-        bad_files: set = set()
+        bad_files: set = {(f"{split}/{b['path']}", b["reason"])
+                          for split, data in (("train", self.splits.train), ("val", self.splits.val))
+                          for b in data.unreadable}
         epochs_run = 0
         for epoch in range(self.start_epoch, cfg.epochs):
             epochs_run += 1

@@ -28,14 +28,17 @@ import torch
 from dec_cli import images
 from dec_cli.errors import DecError, UsageError
 from dec_cli.files import remove_stale_temporaries, write_json, write_text_atomic
+from dec_cli.manifest import MANIFEST_NAME, read_manifest
 from dec_cli.objects import OBJECT, Box, ObjectError, load_boxes, mask_box, object_disc
-from dec_cli.manifest import MANIFEST_NAME, SLOPE_LIMITS, read_manifest
-from dec_cli.warp import DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, keyed_warp, zoom_warp
+from dec_cli.treescan import TreeScan, walk_tree
+from dec_cli.warp import (DEFAULT_SCALE_RANGE, SCALE_LIMITS, Warp, apply_warp, check_grid_rows, check_scale_range,
+                          keyed_warp, zoom_warp)
 
 MANIFEST = MANIFEST_NAME  # its format and reader live in dec_cli.manifest
 JOB_FILE = ".dec-warp-job.json"
 MASKS_DIR = "masks"
 ZOOM_GRID, ZOOM_ROWS = 64, 17
+MIN_RADIUS = 0.02  # a smaller zoom disc covers no pixel of most images
 # Unwarping resamples a second time; bicubic keeps more of the detail the first pass kept.
 UNWARP_SAMPLING = "bicubic"
 
@@ -62,31 +65,56 @@ class WarpSettings:
             check_scale_range(self.scale_range)
         except ValueError as exc:
             raise UsageError(str(exc), "for example --scale-range 0.75,1.33") from None
-        if self.grid < 1 or self.rows < 1 or self.copies < 1:
-            raise UsageError(f"--grid, --rows and --copies must be >= 1; got {self.grid}, {self.rows}, {self.copies}")
+        try:
+            check_grid_rows(self.grid, self.rows)
+        except ValueError as exc:
+            raise UsageError(str(exc), "for example --grid 8 --rows 2") from None
+        if self.copies < 1:
+            raise UsageError(f"--copies must be >= 1; got {self.copies}")
         if self.center == OBJECT and self.zooms is None:
             raise UsageError("--center object applies to --zoom sweeps only", "add --zoom Z1,Z2,...")
         if self.zooms is not None:
-            if not self.zooms or any(not (math.isfinite(z) and z > 0) for z in self.zooms):
-                raise UsageError(f"--zoom factors must be positive numbers; got {self.zooms}",
+            lo, hi = SCALE_LIMITS
+            if not self.zooms or any(not (math.isfinite(z) and lo <= z <= hi) for z in self.zooms):
+                raise UsageError(f"--zoom factors must lie in [{lo:g}, {hi:g}]; got {','.join(map(str, self.zooms))}",
                                  "for example --zoom 0.8,1,1.25")
+            _check_distinct_zooms(self.zooms)
             if self.radius is None and self.center == OBJECT:
                 return  # each image's disc covers its object (objects.default_radius)
-            if self.radius is None or not 0 < self.radius <= 0.5:
-                raise UsageError(f"--radius must be in (0, 0.5]; got {self.radius}")
+            if self.radius is None or not MIN_RADIUS <= self.radius <= 0.5:
+                raise UsageError(f"--radius must lie in [{MIN_RADIUS:g}, 0.5]; got {self.radius}")
             cx, cy = (0.5, 0.5) if self.center in (None, OBJECT) else self.center
             if not (0 <= cx <= 1 and 0 <= cy <= 1):
                 raise UsageError(f"--center must lie in [0, 1]^2; got {cx},{cy}", "for example --center 0.5,0.4")
             if 2 * self.radius * max(self.zooms) >= 1:
                 raise UsageError(f"zoom {max(self.zooms)} with radius {self.radius} leaves no room outside the disc",
                                  "use a smaller --radius or factor")
-            # Outside the disc the warp compensates; `dec unwarp` accepts factors within SLOPE_LIMITS only.
-            lo, hi = SLOPE_LIMITS
+            # Outside the disc the warp compensates; `dec unwarp` accepts factors within SCALE_LIMITS only.
+            lo, hi = SCALE_LIMITS
             for z in self.zooms:
                 outside = (1 - 2 * self.radius * z) / (1 - 2 * self.radius) if self.radius < 0.5 else math.inf
                 if not (lo <= z <= hi and lo <= outside <= hi):
                     raise UsageError(f"zoom {z:g} with radius {self.radius:g} makes local scale factors outside "
                                      f"[{lo:g}, {hi:g}]", "use a smaller --radius or a milder factor")
+
+
+def _check_distinct_zooms(zooms: Sequence[float]) -> None:
+    """Two factors that name the same output (``1,1`` or ``1,1.0000001``) would write one file twice."""
+    seen: dict[str, float] = {}
+    for z in zooms:
+        name = format(z, "g")
+        if name in seen:
+            raise UsageError(f"--zoom factors {seen[name]:.10g} and {z:.10g} both name outputs *.z{name}.*",
+                             "give each factor once (names keep 6 significant digits)")
+        seen[name] = z
+
+
+def size_problem(settings: WarpSettings, width: int, height: int) -> str | None:
+    """Why random warps of ``settings`` do not fit an image of this size (None when they do)."""
+    if settings.zooms is None and max(settings.grid, settings.rows) > min(width, height):
+        return (f"{width}x{height} pixels is too small for --grid {settings.grid} --rows {settings.rows} "
+                "(at least one pixel per interval and row)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -187,17 +215,13 @@ def manifest_record(settings: WarpSettings, rel: str, out: Output, warp: Warp,
 # --------------------------------------------------------------------------- checks
 
 
-def scan_images(root: Path, *, exclude: Path | None = None) -> list[str]:
-    """Relative posix paths of files with image extensions under ``root``, sorted; hidden ones skipped."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and (exclude is None or (here / d).resolve() != exclude))
-        for name in filenames:
-            if not name.startswith(".") and images.is_image_path(name):
-                found.append((here / name).relative_to(root).as_posix())
-    return sorted(found)
+def scan_images(root: Path, *, exclude: Path | None = None) -> TreeScan:
+    """Files with image extensions under ``root`` (see `walk_tree`: FIFOs, unreadable folders
+    and link loops come back as bad entries); a ``root`` that cannot be listed is a `UsageError`."""
+    try:
+        return walk_tree(root, images.is_image_path, exclude=exclude)
+    except OSError as exc:
+        raise UsageError(f"cannot read folder {root}: {exc.strerror or exc}", "check its permissions") from None
 
 
 def check_tree_paths(src: Path, dst: Path, what: str = "SRC") -> None:
@@ -253,9 +277,7 @@ def _warp_file(ctx: _Context, rel: str, outs: list[Output], mask_rel: str | None
     """Warp one source file into all its outputs (run in a worker or inline)."""
     src, dst = Path(ctx.src), Path(ctx.dst)
     def mask_name(out: Output) -> str | None:
-        if mask_rel is None:
-            return None
-        return str(PurePosixPath(MASKS_DIR) / PurePosixPath(out.dst).with_suffix(PurePosixPath(mask_rel).suffix))
+        return None if mask_rel is None else mask_output(out.dst, mask_rel)
 
     def done(out: Output) -> bool:
         m = mask_name(out)
@@ -271,6 +293,10 @@ def _warp_file(ctx: _Context, rel: str, outs: list[Output], mask_rel: str | None
             w, h = images.image_size(src / rel)
     except (images.ImageReadError, OSError) as exc:
         result["bad"].append({"path": rel, "reason": _read_failure(exc)})
+        return result
+    too_small = size_problem(ctx.settings, w, h)
+    if too_small:
+        result["bad"].append({"path": rel, "reason": too_small})
         return result
     mask_pic = None
     centred = ctx.settings.center == OBJECT
@@ -378,8 +404,9 @@ def _run_tasks(fn: Callable[..., dict[str, Any]], ctx: _Context, tasks: list[tup
 
 def plan_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSettings, *,
               masks: str | os.PathLike | None = None, boxes: str | os.PathLike | None = None
-              ) -> list[tuple[str, list[Output], str | None]]:
-    """Check paths and settings and list (relative path, outputs, mask) per source image."""
+              ) -> tuple[list[tuple[str, list[Output], str | None]], list[dict[str, str]]]:
+    """Check paths and settings; list (relative path, outputs, mask) per source image, and the bad
+    entries of the scans (FIFOs, unreadable folders, link loops)."""
     src, dst = Path(src), Path(dst)
     settings.check()
     if settings.center == OBJECT and masks is None and boxes is None:
@@ -388,19 +415,63 @@ def plan_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSett
     if boxes is not None and settings.center != OBJECT:
         raise UsageError("--boxes applies to --center object only", "add --zoom Z1,Z2,... --center object")
     check_tree_paths(src, dst)
-    rels = scan_images(src)
-    if not rels:
+    scan = scan_images(src)
+    if not scan.files and not scan.bad:
         raise UsageError(f"SRC {src} holds no image files",
                          f"image extensions: {' '.join(sorted(images.IMAGE_EXTENSIONS))}")
-    mask_index: dict[str, str] = {}
+    bad = list(scan.bad)
+    mask_of: dict[str, str] = {}
     if masks is not None:
         masks = Path(masks)
         if not masks.is_dir():
             raise UsageError(f"--masks {masks} is not a folder", "give a folder of masks named like the images")
-        for m in scan_images(masks):
-            mask_index.setdefault(str(PurePosixPath(m).with_suffix("")), m)
-    return [(rel, plan_outputs(rel, settings), mask_index.get(str(PurePosixPath(rel).with_suffix(""))))
-            for rel in rels]
+        mask_scan = scan_images(masks)
+        bad += [{"path": f"{MASKS_DIR}/{b['path']}", "reason": b["reason"]} for b in mask_scan.bad]
+        mask_of = match_masks(scan.files, mask_scan.files)
+    plan = [(rel, plan_outputs(rel, settings), mask_of.get(rel)) for rel in scan.files]
+    check_mask_outputs(plan)
+    return plan, bad
+
+
+def match_masks(rels: Sequence[str], mask_files: Sequence[str]) -> dict[str, str]:
+    """The mask of each image: the mask file with the same relative name apart from the extension.
+
+    Two masks for one image are ambiguous: `UsageError` naming them.
+    """
+    by_name: dict[str, list[str]] = {}
+    for m in mask_files:
+        by_name.setdefault(str(PurePosixPath(m).with_suffix("")), []).append(m)
+    found = {rel: by_name.get(str(PurePosixPath(rel).with_suffix("")), []) for rel in rels}
+    for rel, candidates in found.items():
+        if len(candidates) > 1:
+            raise UsageError(f"--masks: {len(candidates)} masks match {rel} ({', '.join(candidates)})",
+                             "keep one mask per image")
+    return {rel: candidates[0] for rel, candidates in found.items() if candidates}
+
+
+def mask_output(out_dst: str, mask_rel: str) -> str:
+    """Where the warped mask of an output goes: ``masks/`` + the output's name with the mask's extension."""
+    return str(PurePosixPath(MASKS_DIR) / PurePosixPath(out_dst).with_suffix(PurePosixPath(mask_rel).suffix))
+
+
+def check_mask_outputs(plan: Sequence[tuple[str, list[Output], str | None]]) -> None:
+    """Two images never share one warped mask (``a.png`` and ``a.jpg`` both matching ``masks/a.png``):
+    `UsageError` listing the clashes."""
+    owner: dict[str, str] = {}
+    clashes: dict[str, set[str]] = {}
+    for rel, outs, mask_rel in plan:
+        if mask_rel is None:
+            continue
+        for out in outs:
+            name = mask_output(out.dst, mask_rel)
+            if owner.setdefault(name, rel) != rel:
+                clashes.setdefault(mask_rel, {owner[name]}).add(rel)
+    if clashes:
+        listed = "; ".join(f"{MASKS_DIR}/{m} matches {' and '.join(sorted(r))}" for m, r in sorted(clashes.items())[:3])
+        if len(clashes) > 3:
+            listed += f"; and {len(clashes) - 3} more"
+        raise UsageError(f"--masks: images would share one warped mask: {listed}",
+                         "give each image its own mask name (images that differ only in extension cannot share one)")
 
 
 def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSettings = WarpSettings(), *,
@@ -414,7 +485,7 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
         raise UsageError(f"--workers must be >= 1; got {workers}")
     src_p, dst_p = Path(src), Path(dst)
     box_map = None if boxes is None else load_boxes(boxes)
-    plan = plan_warp(src_p, dst_p, settings, masks=masks, boxes=boxes)
+    plan, scan_bad = plan_warp(src_p, dst_p, settings, masks=masks, boxes=boxes)
     job = {"settings": asdict(settings), "masks": masks is not None, **({} if boxes is None else {"boxes": True})}
     job = json.loads(json.dumps(job))  # tuples -> lists, as stored on disk
     job_file = dst_p / JOB_FILE
@@ -442,6 +513,7 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
         on_start(len(plan))
     start = time.perf_counter()
     results = _run_tasks(_warp_file, ctx, plan, workers, on_progress)
+    summary.bad.extend(scan_bad)
     records = _collect(summary, results)
     manifest = dst_p / MANIFEST
     write_text_atomic(manifest, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))

@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 
 from dec_cli.files import atomic_file
+from dec_cli.treescan import NotRegularFileError, check_regular_file
 
 IMAGE_EXTENSIONS = frozenset({
     ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
@@ -70,8 +71,10 @@ def read_image(path: str | os.PathLike) -> Picture:
     """Decode every page of ``path`` with EXIF orientation applied.
 
     Raises `ImageReadError` for corrupt or truncated files, unsupported modes and
-    decompression bombs (more pixels than Pillow's ``Image.MAX_IMAGE_PIXELS``).
+    decompression bombs (more pixels than Pillow's ``Image.MAX_IMAGE_PIXELS``), and
+    for anything but a regular file (a FIFO would block the read forever).
     """
+    _require_regular(path)
     deep = _png16_header(path)
     if deep is not None:
         return Picture([_read_png16(path, deep)], "PNG", {"compress_level": PNG_COMPRESS_LEVEL})
@@ -105,9 +108,18 @@ def read_image(path: str | os.PathLike) -> Picture:
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) after EXIF orientation, read from the header only."""
+    _require_regular(path)
     with Image.open(path) as im:
         w, h = im.size
         return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
+
+
+def _require_regular(path: str | os.PathLike) -> None:
+    """`ImageReadError` unless ``path`` is a regular file or a link to one (checked without opening it)."""
+    try:
+        check_regular_file(path)
+    except NotRegularFileError as exc:
+        raise ImageReadError(str(exc)) from None
 
 
 def page_to_tensor(page: Image.Image) -> torch.Tensor:

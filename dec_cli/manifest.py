@@ -38,12 +38,12 @@ import numpy as np
 import torch
 
 from dec_cli.errors import UsageError
-from dec_cli.warp import Warp, jacobian_determinant
+from dec_cli.warp import SCALE_LIMITS, Warp, jacobian_determinant
 
 MANIFEST_NAME = "manifest.jsonl"
 KINDS = ("random", "zoom")
 # Local scale factors a recorded warp may have: the bounds `dec warp --scale-range` accepts.
-SLOPE_LIMITS = (0.05, 20.0)
+SLOPE_LIMITS = SCALE_LIMITS
 _KNOT_TOL = 1e-5  # knots are stored from float32
 _SLOPE_TOL = 1e-3  # relative slack on SLOPE_LIMITS for the same rounding
 _FOLD_GRID = 32  # points per axis where the Jacobian determinant is checked (a few ms per warp)

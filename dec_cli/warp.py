@@ -27,6 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 DEFAULT_SCALE_RANGE = (0.75, 1.33)
+# Local scale factors (random warps and zooms) stay within these: beyond them a warp squeezes
+# regions to nothing and cannot be inverted in practice.
+SCALE_LIMITS = (0.05, 20.0)
+# Largest --grid and --rows of random warps: 64 x 65 knots per axis keep a manifest line under 200 kB.
+MAX_GRID = MAX_ROWS = 64
 DEFAULT_INVERSE_ITERS = 16
 _EPS = 1e-12
 
@@ -433,9 +438,18 @@ def parse_scale_range(text: str) -> tuple[float, float]:
 
 
 def check_scale_range(scale_range: Sequence[float]) -> None:
+    """`ValueError` unless ``0 < LO <= 1 <= HI`` and both lie within `SCALE_LIMITS`."""
     lo, hi = scale_range
     if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= 1 <= hi):
         raise ValueError(f"scale range must satisfy 0 < LO <= 1 <= HI; got {lo},{hi}")
+    if lo < SCALE_LIMITS[0] or hi > SCALE_LIMITS[1]:
+        raise ValueError(f"scale range must lie within [{SCALE_LIMITS[0]:g}, {SCALE_LIMITS[1]:g}]; got {lo:g},{hi:g}")
+
+
+def check_grid_rows(grid: int, rows: int) -> None:
+    """`ValueError` unless ``1 <= grid <= MAX_GRID`` and ``1 <= rows <= MAX_ROWS`` (random warps)."""
+    if not (1 <= grid <= MAX_GRID and 1 <= rows <= MAX_ROWS):
+        raise ValueError(f"--grid must lie in 1..{MAX_GRID} and --rows in 1..{MAX_ROWS}; got {grid} and {rows}")
 
 
 def key_seed(seed: int, key: str = "") -> int:
