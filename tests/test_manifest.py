@@ -181,7 +181,7 @@ def test_dec_warp_refuses_zooms_whose_warp_unwarp_would_reject(run_dec, tmp_path
     shutil.copy(DATA / "photos/animals/chelsea.png", src / "cat.png")
     for zooms, radius in (("1.97", "0.25"), ("0.02", "0.1"), ("1,30", "0.01"), ("0.5", "0.49"), ("0.8", "0.5")):
         result = run_dec("warp", src, tmp_path / "out", "--zoom", zooms, "--radius", radius)
-        assert result.code == 2 and "outside [0.05, 20]" in result.err, (zooms, radius, result.err)
+        assert result.code == 2 and "[0.05, 20]" in result.err and result.err.count("\n") == 1, (zooms, radius, result.err)
     assert not (tmp_path / "out").exists()
     assert run_dec("warp", src, tmp_path / "ok", "-q", "--zoom", "0.5,1.8", "--radius", "0.25").code == 0
     result = run_dec("unwarp", tmp_path / "ok", tmp_path / "back", "-q")
