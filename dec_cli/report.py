@@ -204,7 +204,8 @@ def plot_series(report) -> tuple[str, list[float], list[tuple[str, list[Optional
 
 
 def write_plot(report, path: str | Path, *, size: tuple[int, int] = (1000, 440)) -> None:
-    """Two panels (accuracy, consistency) against zoom factor or warp strength, one line per model."""
+    """Two panels (accuracy, consistency) against zoom factor or warp strength, one line per model;
+    a run without labels has no accuracy, so it gets the consistency panel alone."""
     from PIL import Image, ImageDraw, ImageFont
 
     xlabel, xs, series = plot_series(report)
@@ -212,10 +213,11 @@ def write_plot(report, path: str | Path, *, size: tuple[int, int] = (1000, 440))
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     width, height = size
-    panel_w = (width - 40) // 2
+    panels = [("top-1 accuracy", 1), ("consistency", 2)] if _labelled(report) else [
+        ("consistency (no labels: each model against itself)", 2)]
+    panel_w = (width - 20) // len(panels) - 20
     legend_h = 18 * len(series) + 10
-    accuracy = "top-1 accuracy" if _labelled(report) else "top-1 accuracy: no labels"
-    for p, (title, pick) in enumerate([(accuracy, 1), ("consistency", 2)]):
+    for p, (title, pick) in enumerate(panels):
         left = 20 + p * (panel_w + 20) + 45
         right = 20 + p * (panel_w + 20) + panel_w - 10
         top, bottom = 30, height - 45 - legend_h

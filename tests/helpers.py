@@ -14,3 +14,14 @@ def assert_metric_close(actual, expected, key: str) -> None:
         assert actual == expected, key
     else:
         assert actual == pytest.approx(expected, rel=1e-6, abs=1e-9), key
+
+
+def plot_panels(png) -> int:
+    """How many framed panels a `dec evaluate --plot` PNG holds (each frame has two long dark edges)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(png) as img:
+        gray = np.asarray(img.convert("L"))
+    edges = [x for x in range(gray.shape[1]) if (gray[:, x] < 50).sum() > gray.shape[0] // 2]
+    return len(edges) // 2

@@ -16,7 +16,7 @@ from dec_cli.data import eval_transform, load_image, scan_image_folder
 from dec_cli.evaluate import EvalSettings, image_warps
 from dec_cli.retrofit import retrofit
 from dec_cli.warp import apply_warp, zoom_warp
-from helpers import assert_metric_close
+from helpers import assert_metric_close, plot_panels
 
 CLASSES = ["circle", "square", "stripes"]
 ZOOMS = (0.8, 1.0, 1.25)
@@ -209,6 +209,7 @@ def test_side_by_side_dec_checkpoint_reports_residuals(run_dec, assets, tmp_path
     assert "| metric | dec3 | test_resnet |" in text and "broken.png" in text
     with Image.open(png) as img:
         assert img.format == "PNG" and img.size[0] > 400
+    assert plot_panels(png) == 2  # accuracy and consistency
 
 
 def test_zoom_sweep_grouping(run_dec, assets, tmp_path):

@@ -15,6 +15,7 @@ from dec_cli.cli import main
 from dec_cli.data import NO_LABEL, eval_transform, load_image, scan_image_folder
 from dec_cli.errors import UsageError
 from dec_cli.metrics import LABEL_METRICS, flip_rate
+from helpers import plot_panels
 from helpers import assert_metric_close
 from test_evaluate import make_tree
 
@@ -95,6 +96,7 @@ def test_flat_folder_of_photos_is_label_free(run_dec, photos, tmp_path):
     text = md.read_text()
     assert "no labels" in text and "| top-1 |" not in text and "| consistency |" in text
     assert "test_vit consist." in text and "top-1 / consist." not in text
+    assert plot_panels(tmp_path / "r.png") == 1  # consistency only: there is no accuracy to draw
 
 
 def test_no_labels_on_a_labelled_tree(run_dec, tmp_path):
