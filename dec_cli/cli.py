@@ -27,7 +27,14 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "command": None}
+
+# What an interrupted command leaves and how to continue (the hint of its `error: interrupted` line).
+_INTERRUPT_HINTS = {
+    "warp": "rerun the same command with --resume to finish it",
+    "unwarp": "rerun the same command with --resume to finish it",
+    "finetune": "rerun the same command with --resume to continue from the last completed epoch",
+}
 
 
 def _version_callback(value: bool) -> None:
@@ -38,12 +45,14 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
                                  help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
 ) -> None:
     """dec: local scale robustness for timm classifiers (warp, retrofit, finetune, evaluate)."""
     _state["debug"] = debug
+    _state["command"] = ctx.invoked_subcommand
 
 
 # --------------------------------------------------------------------------- shared reporting helpers
@@ -548,7 +557,13 @@ def _floats(text: Optional[str], option: str, example: str, count: Optional[int]
     return values
 
 
-def _tree_report(console: Console, summary: Any, json_dest: Optional[str]) -> None:
+def printable(text: str) -> str:
+    """``text`` as is, or as a quoted Python literal when it holds control characters (a newline, an
+    escape sequence, an undecodable byte): a file name can then never fake a line of output."""
+    return text if text.isprintable() else repr(text)
+
+
+def _tree_report(console: Console, summary: Any, json_dest: Optional[str], requested_workers: int) -> None:
     """Summary table, list of bad files, JSON; shared by warp and unwarp."""
     from rich.table import Table
 
@@ -559,7 +574,9 @@ def _tree_report(console: Console, summary: Any, json_dest: Optional[str]) -> No
             ("outputs written", summary.written), ("already there (resumed)", summary.skipped_existing)]
     if summary.masks:
         rows.append(("masks written", summary.masks))
-    rows += [("bad files", len(summary.bad)), ("workers", summary.workers),
+    workers = summary.workers if summary.workers == requested_workers else \
+        f"{summary.workers} (not {requested_workers}: one per {'file' if summary.command == 'warp' else 'entry'})"
+    rows += [("bad files", len(summary.bad)), ("workers", workers),
              ("seconds", f"{summary.seconds:.2f}"), ("files/s", f"{summary.files_per_s:.1f}")]
     if summary.manifest:
         rows.append(("manifest", summary.manifest))
@@ -571,7 +588,7 @@ def _tree_report(console: Console, summary: Any, json_dest: Optional[str]) -> No
         err = Console(stderr=True, highlight=False, soft_wrap=True)
         err.print(f"{len(summary.bad)} bad file(s), not written:", markup=False)
         for item in summary.bad:
-            err.print(f"  {item['path']}: {item['reason']}", markup=False)
+            err.print(f"  {printable(item['path'])}: {printable(item['reason'])}", markup=False)
     emit_json(summary.to_json(), json_dest)
 
 
@@ -622,6 +639,7 @@ def warp_cmd(
     Zoom sweep: dec warp photos/ zoomed/ --zoom 0.8,0.9,1,1.1,1.25 --radius 0.25
     """
     from dec_cli.folderwarp import WarpSettings, run_warp
+    from dec_cli.report import check_writable
     from dec_cli.warp import parse_scale_range
 
     try:
@@ -636,10 +654,11 @@ def warp_cmd(
                             zooms=zooms, center=centre, radius=radius)
     if zooms is not None and copies != 1:
         fail("--copies and --zoom exclude each other", "a zoom sweep makes one output per factor")
+    check_writable(json_dest, "--json")
     console = console_for(json_dest, quiet)
     summary = _run_tree_job(run_warp, console, quiet, src=src, dst=dst, settings=settings, masks=masks,
-                            workers=workers, overwrite=overwrite, resume=resume)
-    _tree_report(console, summary, json_dest)
+                            workers=workers, overwrite=overwrite, resume=resume, json_path=json_dest)
+    _tree_report(console, summary, json_dest, workers)
     if summary.bad and not skip_bad:
         raise DecError(f"{len(summary.bad)} file(s) could not be read (listed above); the rest were written",
                        "pass --skip-bad to exit 0 anyway")
@@ -663,11 +682,13 @@ def unwarp_cmd(
     Example: dec unwarp warped/ restored/ --manifest warped/manifest.jsonl
     """
     from dec_cli.folderwarp import run_unwarp
+    from dec_cli.report import check_writable
 
+    check_writable(json_dest, "--json")
     console = console_for(json_dest, quiet)
     summary = _run_tree_job(run_unwarp, console, quiet, src=src, dst=dst, manifest=manifest, workers=workers,
-                            overwrite=overwrite, resume=resume)
-    _tree_report(console, summary, json_dest)
+                            overwrite=overwrite, resume=resume, json_path=json_dest)
+    _tree_report(console, summary, json_dest, workers)
     if summary.bad and not skip_bad:
         raise DecError(f"{len(summary.bad)} file(s) could not be read (listed above); the rest were written",
                        "pass --skip-bad to exit 0 anyway")
@@ -676,18 +697,30 @@ def unwarp_cmd(
 # --------------------------------------------------------------------------- entry point
 
 
+def _interrupted() -> None:
+    """Ctrl-C: one line naming how to continue, exit code 130."""
+    hint = _INTERRUPT_HINTS.get(_state["command"])
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        DecError("interrupted", hint).one_line(), markup=False)
+    sys.exit(130)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry: run the app, turning user errors into one line and an exit code."""
     try:
-        app(args=argv, prog_name="dec", standalone_mode=False)
+        # Typer turns a KeyboardInterrupt inside a command into a returned 130 (standalone_mode=False).
+        code = app(args=argv, prog_name="dec", standalone_mode=False)
+        if code == 130:
+            _interrupted()
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except DecError as err:
         if _state["debug"]:
             raise
         Console(stderr=True, highlight=False, soft_wrap=True).print(err.one_line(), markup=False)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
-        Console(stderr=True).print("error: interrupted (hint: rerun with --resume to continue)", markup=False)
-        sys.exit(130)
+        _interrupted()
     except typer.Exit as exc:  # --version, --help
         sys.exit(exc.exit_code)
     except Exception as exc:
@@ -700,7 +733,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 f"error: {exc.format_message()} (hint: see 'dec --help' or 'dec COMMAND --help')", markup=False)
             sys.exit(exc.exit_code)
         if type(exc).__name__ == "Abort":
-            sys.exit(130)
+            _interrupted()
         if _state["debug"]:
             raise
         Console(stderr=True, highlight=False, soft_wrap=True).print(

@@ -16,6 +16,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,10 +28,14 @@ import torch
 from dec_cli import images
 from dec_cli.errors import DecError, UsageError
 from dec_cli.files import remove_stale_temporaries, write_json, write_text_atomic
+from dec_cli.joblock import LOCK_FILE, job_lock
+from dec_cli.jobrecord import check_own_outputs, recorded_outputs
+from dec_cli.reportpath import check_report_path
 from dec_cli.warp import DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, keyed_warp, zoom_warp
 
 MANIFEST = "manifest.jsonl"
 JOB_FILE = ".dec-warp-job.json"
+UNWARP_JOB_FILE = ".dec-unwarp-job.json"
 MASKS_DIR = "masks"
 ZOOM_GRID, ZOOM_ROWS = 64, 17
 # Unwarping resamples a second time; bicubic keeps more of the detail the first pass kept.
@@ -184,15 +189,16 @@ def scan_images(root: Path, *, exclude: Path | None = None) -> list[str]:
 
 
 def check_tree_paths(src: Path, dst: Path, what: str = "SRC") -> None:
-    """SRC must be an existing folder; DST must not be SRC or lie inside it, and must be writable."""
+    """SRC must be an existing folder; DST must not be SRC, lie inside it or hold it, and must be writable."""
     if not src.exists():
         raise UsageError(f"{what} {src} does not exist", "give a folder of images")
     if not src.is_dir():
         raise UsageError(f"{what} {src} is not a folder", "give a folder of images")
     s, d = src.resolve(), dst.resolve()
-    if d == s or s in d.parents:
-        raise UsageError(f"DST {dst} is {'the same as' if d == s else 'inside'} {what} {src}",
-                         "choose an output folder outside the input tree")
+    if d == s or s in d.parents or d in s.parents:
+        relation = "the same as" if d == s else "inside" if s in d.parents else "a parent folder of"
+        raise UsageError(f"DST {dst} is {relation} {what} {src}",
+                         "choose an output folder that neither holds nor lies inside the input tree")
     try:
         d.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".dec-write-test.", dir=d)
@@ -247,6 +253,8 @@ def _warp_file(ctx: _Context, rel: str, outs: list[Output], mask_rel: str | None
             result["bad"].append({"path": f"{MASKS_DIR}/{mask_rel}", "reason": str(exc)})
             mask_rel = None
     for out in outs:
+        if _stopping():
+            break
         warp = warp_for(ctx.settings, rel, out, (h, w))
         mask_out = mask_name(out)
         result["records"].append(manifest_record(ctx.settings, rel, out, warp, mask_out))
@@ -302,8 +310,21 @@ def _unwarp_file(ctx: _Context, record: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _init_worker() -> None:
+# In a worker process: the pool's stop event, set by the parent when it is interrupted.
+_STOP: Any = None
+
+
+def _init_worker(stop: Any) -> None:
+    """One thread per worker. Ctrl-C, which a terminal sends to every process of the job, is the
+    parent's to handle: it sets ``stop``, and a worker ends its file at the next output."""
+    global _STOP
+    _STOP = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
+
+
+def _stopping() -> bool:
+    return _STOP is not None and _STOP.is_set()
 
 
 def _run_tasks(fn: Callable[..., dict[str, Any]], ctx: _Context, tasks: list[tuple], workers: int,
@@ -320,7 +341,9 @@ def _run_tasks(fn: Callable[..., dict[str, Any]], ctx: _Context, tasks: list[tup
                     on_progress(1)
         else:
             mp = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp, initializer=_init_worker) as pool:
+            stop = mp.Event()
+            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp, initializer=_init_worker,
+                                        initargs=(stop,)) as pool:
                 futures = {pool.submit(fn, ctx, *task): i for i, task in enumerate(tasks)}
                 try:
                     for fut in cf.as_completed(futures):
@@ -328,6 +351,7 @@ def _run_tasks(fn: Callable[..., dict[str, Any]], ctx: _Context, tasks: list[tup
                         if on_progress:
                             on_progress(1)
                 except BaseException:
+                    stop.set()
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
     finally:
@@ -353,6 +377,7 @@ def plan_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSett
         masks = Path(masks)
         if not masks.is_dir():
             raise UsageError(f"--masks {masks} is not a folder", "give a folder of masks named like the images")
+        check_tree_paths(masks, dst, "--masks")
         for m in scan_images(masks):
             mask_index.setdefault(str(PurePosixPath(m).with_suffix("")), m)
     return [(rel, plan_outputs(rel, settings), mask_index.get(str(PurePosixPath(rel).with_suffix(""))))
@@ -361,26 +386,47 @@ def plan_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSett
 
 def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSettings = WarpSettings(), *,
              masks: str | os.PathLike | None = None, workers: int = 1, overwrite: bool = False,
-             resume: bool = False, on_start: Callable[[int], None] | None = None,
+             resume: bool = False, json_path: str | None = None, on_start: Callable[[int], None] | None = None,
              on_progress: Callable[[int], None] | None = None) -> JobSummary:
-    """Warp the tree SRC into DST (see the module docstring); returns the summary."""
+    """Warp the tree SRC into DST (see the module docstring); returns the summary.
+
+    One job per DST at a time (`dec_cli.joblock`); more ``workers`` than files are not started.
+    ``json_path``, where the caller will write the summary, may not lie in an input folder or be
+    one of this job's files.
+    """
     if overwrite and resume:
         raise UsageError("--overwrite and --resume exclude each other", "use one of them")
     if workers < 1:
         raise UsageError(f"--workers must be >= 1; got {workers}")
     src_p, dst_p = Path(src), Path(dst)
     plan = plan_warp(src_p, dst_p, settings, masks=masks)
+    names = [o.dst for _, outs, _ in plan for o in outs]
+    check_report_path(json_path, "--json", trees={"SRC": src_p, "--masks": masks,
+                                                   "DST/masks": dst_p / MASKS_DIR if masks is not None else None},
+                      root=dst_p, names={*names, MANIFEST, JOB_FILE, LOCK_FILE})
+    with job_lock(dst_p, f"dec warp {src_p} {dst_p}"):
+        return _warp_locked(src_p, dst_p, plan, names, settings, masks, min(workers, len(plan)), overwrite, resume,
+                            on_start, on_progress)
+
+
+def _warp_locked(src_p: Path, dst_p: Path, plan: list[tuple[str, list[Output], str | None]], names: list[str],
+                 settings: WarpSettings, masks: str | os.PathLike | None, workers: int, overwrite: bool,
+                 resume: bool, on_start: Callable[[int], None] | None,
+                 on_progress: Callable[[int], None] | None) -> JobSummary:
+    """The part of `run_warp` that runs under DST's lock."""
     job = {"settings": asdict(settings), "masks": masks is not None}
     job = json.loads(json.dumps(job))  # tuples -> lists, as stored on disk
     job_file = dst_p / JOB_FILE
+    existing = [name for name in names if (dst_p / name).exists()]
+    if existing:
+        check_own_outputs(dst_p, existing, recorded_outputs(dst_p, [MANIFEST], [JOB_FILE, UNWARP_JOB_FILE]))
     if resume:
         if job_file.exists():
             previous = json.loads(job_file.read_text(encoding="utf-8"))
-            if previous != job:
+            if {key: previous.get(key) for key in job} != job:
                 raise UsageError(f"DST {dst_p} was made with different settings than these",
                                  "rerun with the original options, or use --overwrite")
     elif not overwrite:
-        existing = [o.dst for _, outs, _ in plan for o in outs if (dst_p / o.dst).exists()]
         if existing or (dst_p / MANIFEST).exists():
             raise UsageError(
                 f"DST {dst_p} already holds outputs of a warp job ({len(existing)} of "
@@ -388,7 +434,7 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
                 "pass --resume to finish an interrupted job or --overwrite to replace them")
     if resume or overwrite:  # a killed run (SIGKILL) could not clean up after itself
         remove_stale_temporaries(dst_p, recursive=True)
-    write_json(job, job_file)
+    write_json({**job, "outputs": names}, job_file)
     summary = JobSummary("warp", str(src_p), str(dst_p), files=len(plan),
                          outputs=sum(len(outs) for _, outs, _ in plan), workers=workers)
     ctx = _Context(str(src_p), str(dst_p), None if masks is None else str(masks), settings, overwrite, resume)
@@ -424,24 +470,45 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def run_unwarp(src: str | os.PathLike, dst: str | os.PathLike, manifest: str | os.PathLike | None = None, *,
-               workers: int = 1, overwrite: bool = False, resume: bool = False,
+               workers: int = 1, overwrite: bool = False, resume: bool = False, json_path: str | None = None,
                on_start: Callable[[int], None] | None = None,
                on_progress: Callable[[int], None] | None = None) -> JobSummary:
-    """Invert every warp recorded in ``manifest`` (default ``SRC/manifest.jsonl``) into DST."""
+    """Invert every warp recorded in ``manifest`` (default ``SRC/manifest.jsonl``) into DST.
+
+    Locking, ``workers`` and ``json_path`` as for `run_warp`.
+    """
     if overwrite and resume:
         raise UsageError("--overwrite and --resume exclude each other", "use one of them")
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1; got {workers}")
     src_p, dst_p = Path(src), Path(dst)
     check_tree_paths(src_p, dst_p)
-    records = read_manifest(manifest if manifest is not None else src_p / MANIFEST)
+    manifest_p = Path(manifest) if manifest is not None else src_p / MANIFEST
+    records = read_manifest(manifest_p)
     if not records:
         raise UsageError("the manifest lists no outputs", "run `dec warp` first")
+    names = [r["dst"] for r in records if isinstance(r["dst"], str)]
+    check_report_path(json_path, "--json", trees={"SRC": src_p}, files={"--manifest": manifest_p},
+                      root=dst_p, names={*names, UNWARP_JOB_FILE, LOCK_FILE})
+    with job_lock(dst_p, f"dec unwarp {src_p} {dst_p}"):
+        return _unwarp_locked(src_p, dst_p, records, names, min(workers, len(records)), overwrite, resume,
+                              on_start, on_progress)
+
+
+def _unwarp_locked(src_p: Path, dst_p: Path, records: list[dict[str, Any]], names: list[str], workers: int,
+                   overwrite: bool, resume: bool, on_start: Callable[[int], None] | None,
+                   on_progress: Callable[[int], None] | None) -> JobSummary:
+    """The part of `run_unwarp` that runs under DST's lock."""
+    existing = [name for name in names if (dst_p / name).exists()]
+    if existing:
+        check_own_outputs(dst_p, existing, recorded_outputs(dst_p, [MANIFEST], [JOB_FILE, UNWARP_JOB_FILE]))
     if not overwrite and not resume:
-        existing = [r["dst"] for r in records if (dst_p / r["dst"]).exists()]
         if existing:
             raise UsageError(f"DST {dst_p} already holds {len(existing)} of the {len(records)} outputs",
                              "pass --resume to finish or --overwrite to replace them")
     if resume or overwrite:
         remove_stale_temporaries(dst_p, recursive=True)
+    write_json({"outputs": names}, dst_p / UNWARP_JOB_FILE)
     summary = JobSummary("unwarp", str(src_p), str(dst_p), files=len(records), outputs=len(records), workers=workers)
     ctx = _Context(str(src_p), str(dst_p), None, WarpSettings(), overwrite, resume)
     if on_start:
