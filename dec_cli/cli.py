@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dec_cli import __version__
 from dec_cli.errors import EXIT_USAGE, DecError
 from dec_cli.files import json_text, write_json
+from dec_cli.reportpath import check_report_path
 
 app = typer.Typer(
     name="dec",
@@ -126,6 +127,7 @@ def digits_cmd(
         lo_hi = parse_scale_range(scale_range)
     except ValueError as exc:
         raise UsageError(str(exc), "for example --scale-range 0.6,1.6") from None
+    check_report_path(json_dest, "--json", files=[("SRC", src)])
     config = DigitsConfig(seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, digits=digits, cell=cell,
                           scale_range=lo_hi, zoom=parse_zoom(zoom), classes=classes)
     console = console_for(json_dest, quiet)
@@ -202,8 +204,12 @@ def evaluate_cmd(
         raise UsageError(str(exc), "for example --scale-range 0.75,1.33") from None
     if plot is not None and not plot.lower().endswith(".png"):
         raise UsageError(f"--plot writes PNG; {plot!r} does not end in .png", "for example --plot report.png")
-    for path, option in ((json_dest, "--json"), (markdown, "--markdown"), (plot, "--plot")):
+    reports = ((json_dest, "--json"), (markdown, "--markdown"), (plot, "--plot"))
+    inputs = [("MODEL", m) for m in models or [] if Path(m).is_file()] + [("--weights", w) for w in weights or []]
+    for path, option in reports:
         check_writable(path, option)
+        check_report_path(path, option, trees=[("--data", data)],
+                          files=inputs + [("--class-map", class_map)] + [(o, p) for p, o in reports if o != option])
     models = list(models or [])
     demo = False
     if not models and data is None:
@@ -306,7 +312,11 @@ def finetune_cmd(
     import shlex
 
     from dec_cli.config import read_config
-    from dec_cli.finetune import FinetuneConfig, finetune
+    from dec_cli.finetune import BEST_NAME, LAST_NAME, METRICS_NAME, STATE_NAME, FinetuneConfig, finetune
+
+    check_report_path(json_dest, "--json", trees=[("DATA", data), ("--val", val)],
+                      files=[("CKPT", ckpt), ("--weights", weights), ("--config", config)],
+                      root=out_dir, names={BEST_NAME, LAST_NAME, METRICS_NAME, STATE_NAME})
 
     names = FinetuneConfig.option_names()
     values = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "dec_lr": dec_lr, "weight_decay": weight_decay,
@@ -433,6 +443,7 @@ def retrofit_cmd(
         fail(f"output {output} must end in .safetensors", "name it like OUT.safetensors")
     if Path(output).exists() and not force:
         fail(f"{output} exists", "pass --force to overwrite it, or choose another -o")
+    check_report_path(json_dest, "--json", files=[("OUT", output), ("--weights", weights), ("--recipe", recipe)])
     if mode is not None and mode not in ("canonicalize", "equivariant"):
         fail(f"--mode must be canonicalize or equivariant, not {mode!r}")
     if weights is not None and pretrained:
@@ -485,6 +496,7 @@ def info_cmd(
 
     from dec_cli.checkpoint import checkpoint_summary
 
+    check_report_path(json_dest, "--json", files=[("CKPT", ckpt)])
     s = checkpoint_summary(ckpt)
     console = console_for(json_dest)
     table = Table(title=ckpt, title_justify="left", show_header=False)

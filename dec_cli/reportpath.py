@@ -9,31 +9,32 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Collection, Mapping, Optional
+from typing import Collection, Iterable, Optional, Union
 
 from dec_cli.errors import UsageError
 
-PathLike = str | os.PathLike
+PathLike = Union[str, os.PathLike]
+Labelled = Iterable[tuple[str, Optional[PathLike]]]
 
 _HINT = "write the report somewhere else"
 
 
-def check_report_path(path: Optional[str], option: str, *, trees: Optional[Mapping[str, Optional[PathLike]]] = None,
-                      files: Optional[Mapping[str, Optional[PathLike]]] = None, root: Optional[PathLike] = None,
-                      names: Collection[str] = ()) -> None:
+def check_report_path(path: Optional[str], option: str, *, trees: Labelled = (), files: Labelled = (),
+                      root: Optional[PathLike] = None, names: Collection[str] = ()) -> None:
     """`UsageError` (exit 2) if ``path`` would overwrite an input or output of the command.
 
-    ``trees`` and ``files`` map a label (``SRC``, ``CKPT``...) to a folder the report may not lie in
-    and a file it may not be; ``names`` are the relative names written under the folder ``root``.
-    ``None`` and ``-`` (stdout) always pass, and so do labels mapped to ``None``.
+    ``trees`` and ``files`` are (label, path) pairs, such as ``("SRC", src)``: folders the report may
+    not lie in and files it may not be. ``names`` are the relative names the command writes under
+    the folder ``root``. ``None`` and ``-`` (stdout) always pass, and pairs whose path is ``None`` are
+    skipped.
     """
     if path is None or path == "-":
         return
     target = Path(path).resolve()
-    for label, tree in (trees or {}).items():
+    for label, tree in trees:
         if tree is not None and (target == Path(tree).resolve() or Path(tree).resolve() in target.parents):
             raise UsageError(f"{option} {path} lies inside {label} {tree}", _HINT)
-    for label, file in (files or {}).items():
+    for label, file in files:
         if file is not None and target == Path(file).resolve():
             raise UsageError(f"{option} {path} is {label} {file}", _HINT)
     if root is not None:
