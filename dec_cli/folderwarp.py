@@ -135,6 +135,13 @@ def output_name(rel: str, *, copy: int | None = None, zoom: float | None = None)
     return rel
 
 
+def mask_output(out: Output, mask_rel: str | None) -> str | None:
+    """The name under DST of an output's warped mask (None without a mask)."""
+    if mask_rel is None:
+        return None
+    return str(PurePosixPath(MASKS_DIR) / PurePosixPath(out.dst).with_suffix(PurePosixPath(mask_rel).suffix))
+
+
 def plan_outputs(rel: str, settings: WarpSettings) -> list[Output]:
     """The outputs of one source file, in manifest order."""
     if settings.zooms is not None:
@@ -226,9 +233,7 @@ def _warp_file(ctx: _Context, rel: str, outs: list[Output], mask_rel: str | None
     """Warp one source file into all its outputs (run in a worker or inline)."""
     src, dst = Path(ctx.src), Path(ctx.dst)
     def mask_name(out: Output) -> str | None:
-        if mask_rel is None:
-            return None
-        return str(PurePosixPath(MASKS_DIR) / PurePosixPath(out.dst).with_suffix(PurePosixPath(mask_rel).suffix))
+        return mask_output(out, mask_rel)
 
     def done(out: Output) -> bool:
         m = mask_name(out)
@@ -400,7 +405,7 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
         raise UsageError(f"--workers must be >= 1; got {workers}")
     src_p, dst_p = Path(src), Path(dst)
     plan = plan_warp(src_p, dst_p, settings, masks=masks)
-    names = [o.dst for _, outs, _ in plan for o in outs]
+    names = [name for _, outs, mask_rel in plan for o in outs for name in (o.dst, mask_output(o, mask_rel)) if name]
     check_report_path(json_path, "--json", trees=[("SRC", src_p), ("--masks", masks),
                                                   ("DST/masks", dst_p / MASKS_DIR if masks is not None else None)],
                       root=dst_p, names={*names, MANIFEST, JOB_FILE, LOCK_FILE})
@@ -429,8 +434,7 @@ def _warp_locked(src_p: Path, dst_p: Path, plan: list[tuple[str, list[Output], s
     elif not overwrite:
         if existing or (dst_p / MANIFEST).exists():
             raise UsageError(
-                f"DST {dst_p} already holds outputs of a warp job ({len(existing)} of "
-                f"{sum(len(outs) for _, outs, _ in plan)} files exist)",
+                f"DST {dst_p} already holds outputs of a warp job ({len(existing)} of {len(names)} files exist)",
                 "pass --resume to finish an interrupted job or --overwrite to replace them")
     if resume or overwrite:  # a killed run (SIGKILL) could not clean up after itself
         remove_stale_temporaries(dst_p, recursive=True)

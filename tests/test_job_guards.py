@@ -241,3 +241,18 @@ def test_control_characters_in_bad_file_names_are_escaped(run_dec, tmp_path):
     assert [line for line in lines if line.startswith("error: ")] == [lines[-1]]
     assert "\x1b" not in result.err and repr(evil) in result.err
     assert json.loads((tmp_path / "s.json").read_text())["bad"][0]["path"] == evil
+
+
+def test_overwrite_never_replaces_a_foreign_file_where_a_mask_goes(run_dec, tmp_path):
+    src, masks, dst = tmp_path / "src", tmp_path / "m" / "masks", tmp_path / "dst"
+    shutil.copytree(DATA / "photos" / "animals", src)
+    masks.mkdir(parents=True)
+    shutil.copy(DATA / "photos" / "gray" / "camera.png", masks / "horse.png")
+    assert run_dec("warp", src, tmp_path / "own", "-q", "--masks", masks).code == 0
+    assert run_dec("warp", src, tmp_path / "own", "-q", "--masks", masks, "--overwrite").code == 0  # its own outputs
+    (dst / "masks").mkdir(parents=True)
+    (dst / "masks" / "horse.png").write_bytes(b"my own mask")
+    for extra in ([], ["--overwrite"]):
+        result = run_dec("warp", src, dst, "-q", "--masks", masks, *extra)
+        assert result.code == 2 and "masks/horse.png" in one_error_line(result.err)
+    assert (dst / "masks" / "horse.png").read_bytes() == b"my own mask"
