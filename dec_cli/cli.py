@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dec_cli import __version__
+from dec_cli.display import printable
 from dec_cli.errors import EXIT_USAGE, DecError
 from dec_cli.files import json_text, write_json
 from dec_cli.reportpath import check_report_path
@@ -36,6 +37,7 @@ _INTERRUPT_HINTS = {
     "unwarp": "rerun the same command with --resume to finish it",
     "finetune": "rerun the same command with --resume to continue from the last completed epoch",
 }
+_INTERRUPT_HINT = "run the command again"
 
 
 def _version_callback(value: bool) -> None:
@@ -383,7 +385,8 @@ def finetune_cmd(
     if summary["epochs_run"] == 0:
         console.print(f"nothing to do: all {summary['epochs']} epochs of {out_dir} are done", soft_wrap=True)
     for item in summary["bad_files"]:
-        console.print(f"skipped unreadable {item['path']}: {item['reason']}", markup=False, soft_wrap=True)
+        console.print(f"skipped unreadable {printable(item['path'])}: {printable(item['reason'])}", markup=False,
+                      soft_wrap=True)
     console.print(f"best val acc {summary['best_val_acc']:.3f} at epoch {summary['best_epoch']}; "
                   f"checkpoints in {out_dir} (last.safetensors, best.safetensors), metrics in metrics.csv",
                   soft_wrap=True)
@@ -569,12 +572,6 @@ def _floats(text: Optional[str], option: str, example: str, count: Optional[int]
     return values
 
 
-def printable(text: str) -> str:
-    """``text`` as is, or as a quoted Python literal when it holds control characters (a newline, an
-    escape sequence, an undecodable byte): a file name can then never fake a line of output."""
-    return text if text.isprintable() else repr(text)
-
-
 def _tree_report(console: Console, summary: Any, json_dest: Optional[str], requested_workers: int) -> None:
     """Summary table, list of bad files, JSON; shared by warp and unwarp."""
     from rich.table import Table
@@ -711,7 +708,7 @@ def unwarp_cmd(
 
 def _interrupted() -> None:
     """Ctrl-C: one line naming how to continue, exit code 130."""
-    hint = _INTERRUPT_HINTS.get(_state["command"])
+    hint = _INTERRUPT_HINTS.get(_state["command"], _INTERRUPT_HINT)
     Console(stderr=True, highlight=False, soft_wrap=True).print(
         DecError("interrupted", hint).one_line(), markup=False)
     sys.exit(130)
