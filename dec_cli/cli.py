@@ -2,7 +2,7 @@
 
 Nothing below this module prints or exits. Library code raises
 `dec_cli.errors.DecError`; `main()` turns it into one `error: ...` line and
-the documented exit code (0 success, 1 failure, 2 usage error).
+the documented exit code (0 success, 1 failure, 2 usage error, 130 interrupted).
 """
 
 from __future__ import annotations

@@ -408,7 +408,7 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
     names = [name for _, outs, mask_rel in plan for o in outs for name in (o.dst, mask_output(o, mask_rel)) if name]
     check_report_path(json_path, "--json", trees=[("SRC", src_p), ("--masks", masks),
                                                   ("DST/masks", dst_p / MASKS_DIR if masks is not None else None)],
-                      root=dst_p, names={*names, MANIFEST, JOB_FILE, LOCK_FILE})
+                      files=[("DST", dst_p)], root=dst_p, names={*names, MANIFEST, JOB_FILE, LOCK_FILE})
     with job_lock(dst_p, f"dec warp {src_p} {dst_p}"):
         return _warp_locked(src_p, dst_p, plan, names, settings, masks, min(workers, len(plan)), overwrite, resume,
                             on_start, on_progress)
@@ -492,7 +492,7 @@ def run_unwarp(src: str | os.PathLike, dst: str | os.PathLike, manifest: str | o
     if not records:
         raise UsageError("the manifest lists no outputs", "run `dec warp` first")
     names = [r["dst"] for r in records if isinstance(r["dst"], str)]
-    check_report_path(json_path, "--json", trees=[("SRC", src_p)], files=[("--manifest", manifest_p)],
+    check_report_path(json_path, "--json", trees=[("SRC", src_p)], files=[("--manifest", manifest_p), ("DST", dst_p)],
                       root=dst_p, names={*names, UNWARP_JOB_FILE, LOCK_FILE})
     with job_lock(dst_p, f"dec unwarp {src_p} {dst_p}"):
         return _unwarp_locked(src_p, dst_p, records, names, min(workers, len(records)), overwrite, resume,

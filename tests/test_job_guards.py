@@ -183,7 +183,7 @@ def test_unwarp_overwrites_only_its_own_outputs(run_dec, photos, tmp_path):
 def test_json_may_not_overwrite_sources_or_the_jobs_own_files(run_dec, photos, tmp_path):
     dst = tmp_path / "dst"
     before = sources(photos)
-    for target in (photos / "animals" / "chelsea.png", photos / "new.json", dst / "manifest.jsonl",
+    for target in (photos / "animals" / "chelsea.png", photos / "new.json", dst, dst / "manifest.jsonl",
                    dst / "animals" / "horse.png", dst / LOCK_FILE, dst / ".dec-warp-job.json"):
         result = run_dec("warp", photos, dst, "-q", "--json", target)
         assert result.code == 2, (target, result.err)
