@@ -320,11 +320,10 @@ _STOP: Any = None
 
 
 def _init_worker(stop: Any) -> None:
-    """One thread per worker. Ctrl-C, which a terminal sends to every process of the job, is the
-    parent's to handle: it sets ``stop``, and a worker ends its file at the next output."""
+    """One thread per worker. Ctrl-C is the parent's to handle (`_run_tasks` starts the workers
+    deaf to it): it sets ``stop``, and a worker ends its file at the next output."""
     global _STOP
     _STOP = stop
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
 
 
@@ -349,8 +348,17 @@ def _run_tasks(fn: Callable[..., dict[str, Any]], ctx: _Context, tasks: list[tup
             stop = mp.Event()
             with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp, initializer=_init_worker,
                                         initargs=(stop,)) as pool:
-                futures = {pool.submit(fn, ctx, *task): i for i, task in enumerate(tasks)}
+                futures: dict[cf.Future, int] = {}
                 try:
+                    # Workers are started here, with SIGINT blocked: they inherit the mask, so a
+                    # terminal's Ctrl-C (sent to every process of the job) reaches only this one.
+                    # One that comes meanwhile waits for the unblocking.
+                    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                    try:
+                        for i, task in enumerate(tasks):
+                            futures[pool.submit(fn, ctx, *task)] = i
+                    finally:
+                        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                     for fut in cf.as_completed(futures):
                         results[futures[fut]] = fut.result()
                         if on_progress:
