@@ -2,7 +2,7 @@
 
 Nothing below this module prints or exits. Library code raises
 `dec_cli.errors.DecError`; `main()` turns it into one `error: ...` line and
-the documented exit code (0 success, 1 failure, 2 usage error).
+the documented exit code (0 success, 1 failure, 2 usage error, 130 interrupted).
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dec_cli import __version__
+from dec_cli.display import printable
 from dec_cli.errors import EXIT_USAGE, DecError
 from dec_cli.files import json_text, write_json
+from dec_cli.reportpath import check_report_path
 
 app = typer.Typer(
     name="dec",
@@ -27,7 +29,15 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "command": None}
+
+# What an interrupted command leaves and how to continue (the hint of its `error: interrupted` line).
+_INTERRUPT_HINTS = {
+    "warp": "rerun the same command with --resume to finish it",
+    "unwarp": "rerun the same command with --resume to finish it",
+    "finetune": "rerun the same command with --resume to continue from the last completed epoch",
+}
+_INTERRUPT_HINT = "run the command again"
 
 
 def _version_callback(value: bool) -> None:
@@ -38,12 +48,14 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
                                  help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
 ) -> None:
     """dec: local scale robustness for timm classifiers (warp, retrofit, finetune, evaluate)."""
     _state["debug"] = debug
+    _state["command"] = ctx.invoked_subcommand
 
 
 # --------------------------------------------------------------------------- shared reporting helpers
@@ -122,6 +134,7 @@ def digits_cmd(
         lo_hi = parse_scale_range(scale_range)
     except ValueError as exc:
         raise UsageError(str(exc), "for example --scale-range 0.6,1.6") from None
+    check_report_path(json_dest, "--json", files=[("SRC", src)])
     config = DigitsConfig(seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, digits=digits, cell=cell,
                           scale_range=lo_hi, zoom=parse_zoom(zoom), classes=classes)
     console = console_for(json_dest, quiet)
@@ -201,8 +214,12 @@ def evaluate_cmd(
         raise UsageError(str(exc), "for example --scale-range 0.75,1.33") from None
     if plot is not None and not plot.lower().endswith(".png"):
         raise UsageError(f"--plot writes PNG; {plot!r} does not end in .png", "for example --plot report.png")
-    for path, option in ((json_dest, "--json"), (markdown, "--markdown"), (plot, "--plot")):
+    reports = ((json_dest, "--json"), (markdown, "--markdown"), (plot, "--plot"))
+    inputs = [("MODEL", m) for m in models or [] if Path(m).is_file()] + [("--weights", w) for w in weights or []]
+    for path, option in reports:
         check_writable(path, option)
+        check_report_path(path, option, trees=[("--data", data)],
+                          files=inputs + [("--class-map", class_map)] + [(o, p) for p, o in reports if o != option])
     models = list(models or [])
     demo = False
     if not models and data is None:
@@ -307,7 +324,11 @@ def finetune_cmd(
     import shlex
 
     from dec_cli.config import read_config
-    from dec_cli.finetune import FinetuneConfig, finetune
+    from dec_cli.finetune import BEST_NAME, LAST_NAME, METRICS_NAME, STATE_NAME, FinetuneConfig, finetune
+
+    check_report_path(json_dest, "--json", trees=[("DATA", data), ("--val", val)],
+                      files=[("CKPT", ckpt), ("--weights", weights), ("--config", config)],
+                      root=out_dir, names={BEST_NAME, LAST_NAME, METRICS_NAME, STATE_NAME})
 
     names = FinetuneConfig.option_names()
     values = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "dec_lr": dec_lr, "weight_decay": weight_decay,
@@ -375,7 +396,8 @@ def finetune_cmd(
     if summary["epochs_run"] == 0:
         console.print(f"nothing to do: all {summary['epochs']} epochs of {out_dir} are done", soft_wrap=True)
     for item in summary["bad_files"]:
-        console.print(f"skipped unreadable {item['path']}: {item['reason']}", markup=False, soft_wrap=True)
+        console.print(f"skipped unreadable {printable(item['path'])}: {printable(item['reason'])}", markup=False,
+                      soft_wrap=True)
     console.print(f"best val acc {summary['best_val_acc']:.3f} at epoch {summary['best_epoch']}; "
                   f"checkpoints in {out_dir} (last.safetensors, best.safetensors), metrics in metrics.csv",
                   soft_wrap=True)
@@ -445,6 +467,7 @@ def retrofit_cmd(
         fail(f"output {output} must end in .safetensors", "name it like OUT.safetensors")
     if Path(output).exists() and not force:
         fail(f"{output} exists", "pass --force to overwrite it, or choose another -o")
+    check_report_path(json_dest, "--json", files=[("OUT", output), ("--weights", weights), ("--recipe", recipe)])
     if mode is not None and mode not in ("canonicalize", "equivariant"):
         fail(f"--mode must be canonicalize or equivariant, not {mode!r}")
     if weights is not None and pretrained:
@@ -500,6 +523,7 @@ def info_cmd(
 
     from dec_cli.checkpoint import checkpoint_summary
 
+    check_report_path(json_dest, "--json", files=[("CKPT", ckpt)])
     s = checkpoint_summary(ckpt)
     console = console_for(json_dest)
     table = Table(title=ckpt, title_justify="left", show_header=False)
@@ -575,7 +599,7 @@ def _floats(text: Optional[str], option: str, example: str, count: Optional[int]
     return values
 
 
-def _tree_report(console: Console, summary: Any, json_dest: Optional[str]) -> None:
+def _tree_report(console: Console, summary: Any, json_dest: Optional[str], requested_workers: int) -> None:
     """Summary table, list of bad files, JSON; shared by warp and unwarp."""
     from rich.table import Table
 
@@ -586,7 +610,9 @@ def _tree_report(console: Console, summary: Any, json_dest: Optional[str]) -> No
             ("outputs written", summary.written), ("already there (resumed)", summary.skipped_existing)]
     if summary.masks:
         rows.append(("masks written", summary.masks))
-    rows += [("bad files", len(summary.bad)), ("workers", summary.workers),
+    workers = summary.workers if summary.workers == requested_workers else \
+        f"{summary.workers} (not {requested_workers}: one per {'file' if summary.command == 'warp' else 'entry'})"
+    rows += [("bad files", len(summary.bad)), ("workers", workers),
              ("seconds", f"{summary.seconds:.2f}"), ("files/s", f"{summary.files_per_s:.1f}")]
     if summary.manifest:
         rows.append(("manifest", summary.manifest))
@@ -598,7 +624,7 @@ def _tree_report(console: Console, summary: Any, json_dest: Optional[str]) -> No
         err = Console(stderr=True, highlight=False, soft_wrap=True)
         err.print(f"{len(summary.bad)} bad file(s), not written:", markup=False)
         for item in summary.bad:
-            err.print(f"  {item['path']}: {item['reason']}", markup=False)
+            err.print(f"  {printable(item['path'])}: {printable(item['reason'])}", markup=False)
     emit_json(summary.to_json(), json_dest)
 
 
@@ -657,6 +683,7 @@ def warp_cmd(
     """
     from dec_cli.folderwarp import WarpSettings, run_warp
     from dec_cli.objects import OBJECT
+    from dec_cli.report import check_writable
     from dec_cli.warp import parse_scale_range
 
     try:
@@ -673,10 +700,11 @@ def warp_cmd(
                             zooms=zooms, center=centre, radius=radius)
     if zooms is not None and copies != 1:
         fail("--copies and --zoom exclude each other", "a zoom sweep makes one output per factor")
+    check_writable(json_dest, "--json")
     console = console_for(json_dest, quiet)
     summary = _run_tree_job(run_warp, console, quiet, src=src, dst=dst, settings=settings, masks=masks,
-                            boxes=boxes, workers=workers, overwrite=overwrite, resume=resume)
-    _tree_report(console, summary, json_dest)
+                            boxes=boxes, workers=workers, overwrite=overwrite, resume=resume, json_path=json_dest)
+    _tree_report(console, summary, json_dest, workers)
     if summary.bad and not skip_bad:
         raise DecError(f"{len(summary.bad)} file(s) could not be read (listed above); the rest were written",
                        "pass --skip-bad to exit 0 anyway")
@@ -700,11 +728,13 @@ def unwarp_cmd(
     Example: dec unwarp warped/ restored/ --manifest warped/manifest.jsonl
     """
     from dec_cli.folderwarp import run_unwarp
+    from dec_cli.report import check_writable
 
+    check_writable(json_dest, "--json")
     console = console_for(json_dest, quiet)
     summary = _run_tree_job(run_unwarp, console, quiet, src=src, dst=dst, manifest=manifest, workers=workers,
-                            overwrite=overwrite, resume=resume)
-    _tree_report(console, summary, json_dest)
+                            overwrite=overwrite, resume=resume, json_path=json_dest)
+    _tree_report(console, summary, json_dest, workers)
     if summary.bad and not skip_bad:
         raise DecError(f"{len(summary.bad)} file(s) or manifest record(s) could not be restored (listed above); "
                        "the rest were written", "pass --skip-bad to exit 0 anyway")
@@ -713,18 +743,30 @@ def unwarp_cmd(
 # --------------------------------------------------------------------------- entry point
 
 
+def _interrupted() -> None:
+    """Ctrl-C: one line naming how to continue, exit code 130."""
+    hint = _INTERRUPT_HINTS.get(_state["command"], _INTERRUPT_HINT)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        DecError("interrupted", hint).one_line(), markup=False)
+    sys.exit(130)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry: run the app, turning user errors into one line and an exit code."""
     try:
-        app(args=argv, prog_name="dec", standalone_mode=False)
+        # Typer turns a KeyboardInterrupt inside a command into a returned 130 (standalone_mode=False).
+        code = app(args=argv, prog_name="dec", standalone_mode=False)
+        if code == 130:
+            _interrupted()
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except DecError as err:
         if _state["debug"]:
             raise
         Console(stderr=True, highlight=False, soft_wrap=True).print(err.one_line(), markup=False)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
-        Console(stderr=True).print("error: interrupted (hint: rerun with --resume to continue)", markup=False)
-        sys.exit(130)
+        _interrupted()
     except typer.Exit as exc:  # --version, --help
         sys.exit(exc.exit_code)
     except Exception as exc:
@@ -737,7 +779,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 f"error: {exc.format_message()} (hint: see 'dec --help' or 'dec COMMAND --help')", markup=False)
             sys.exit(exc.exit_code)
         if type(exc).__name__ == "Abort":
-            sys.exit(130)
+            _interrupted()
         if _state["debug"]:
             raise
         Console(stderr=True, highlight=False, soft_wrap=True).print(

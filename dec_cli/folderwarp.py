@@ -17,6 +17,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -28,14 +29,18 @@ import torch
 from dec_cli import images
 from dec_cli.errors import DecError, UsageError
 from dec_cli.files import remove_stale_temporaries, write_json, write_text_atomic
-from dec_cli.manifest import MANIFEST_NAME, read_manifest
+from dec_cli.joblock import LOCK_FILE, job_lock
+from dec_cli.jobrecord import check_own_outputs, recorded_outputs
+from dec_cli.manifest import MANIFEST_NAME, Manifest, read_manifest
 from dec_cli.objects import OBJECT, Box, ObjectError, load_boxes, mask_box, object_disc
+from dec_cli.reportpath import check_report_path
 from dec_cli.treescan import TreeScan, walk_tree
 from dec_cli.warp import (DEFAULT_SCALE_RANGE, SCALE_LIMITS, Warp, apply_warp, check_grid_rows, check_scale_range,
                           keyed_warp, zoom_warp)
 
 MANIFEST = MANIFEST_NAME  # its format and reader live in dec_cli.manifest
 JOB_FILE = ".dec-warp-job.json"
+UNWARP_JOB_FILE = ".dec-unwarp-job.json"
 MASKS_DIR = "masks"
 ZOOM_GRID, ZOOM_ROWS = 64, 17
 MIN_RADIUS = 0.02  # a smaller zoom disc covers no pixel of most images
@@ -175,6 +180,13 @@ def output_name(rel: str, *, copy: int | None = None, zoom: float | None = None)
     return rel
 
 
+def mask_output(out: Output, mask_rel: str | None) -> str | None:
+    """The name under DST of an output's warped mask (None without a mask)."""
+    if mask_rel is None:
+        return None
+    return str(PurePosixPath(MASKS_DIR) / PurePosixPath(out.dst).with_suffix(PurePosixPath(mask_rel).suffix))
+
+
 def plan_outputs(rel: str, settings: WarpSettings) -> list[Output]:
     """The outputs of one source file, in manifest order."""
     if settings.zooms is not None:
@@ -225,15 +237,16 @@ def scan_images(root: Path, *, exclude: Path | None = None) -> TreeScan:
 
 
 def check_tree_paths(src: Path, dst: Path, what: str = "SRC") -> None:
-    """SRC must be an existing folder; DST must not be SRC or lie inside it, and must be writable."""
+    """SRC must be an existing folder; DST must not be SRC, lie inside it or hold it, and must be writable."""
     if not src.exists():
         raise UsageError(f"{what} {src} does not exist", "give a folder of images")
     if not src.is_dir():
         raise UsageError(f"{what} {src} is not a folder", "give a folder of images")
     s, d = src.resolve(), dst.resolve()
-    if d == s or s in d.parents:
-        raise UsageError(f"DST {dst} is {'the same as' if d == s else 'inside'} {what} {src}",
-                         "choose an output folder outside the input tree")
+    if d == s or s in d.parents or d in s.parents:
+        relation = "the same as" if d == s else "inside" if s in d.parents else "a parent folder of"
+        raise UsageError(f"DST {dst} is {relation} {what} {src}",
+                         "choose an output folder that neither holds nor lies inside the input tree")
     try:
         d.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".dec-write-test.", dir=d)
@@ -277,7 +290,7 @@ def _warp_file(ctx: _Context, rel: str, outs: list[Output], mask_rel: str | None
     """Warp one source file into all its outputs (run in a worker or inline)."""
     src, dst = Path(ctx.src), Path(ctx.dst)
     def mask_name(out: Output) -> str | None:
-        return None if mask_rel is None else mask_output(out.dst, mask_rel)
+        return mask_output(out, mask_rel)
 
     def done(out: Output) -> bool:
         m = mask_name(out)
@@ -314,6 +327,8 @@ def _warp_file(ctx: _Context, rel: str, outs: list[Output], mask_rel: str | None
             result["bad"].append({"path": rel, "reason": str(exc)})
             return result
     for out in outs:
+        if _stopping():
+            break
         warp = warp_for(settings, rel, out, (h, w))
         mask_out = mask_name(out)
         result["records"].append(manifest_record(settings, rel, out, warp, mask_out))
@@ -366,8 +381,20 @@ def _unwarp_file(ctx: _Context, record: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _init_worker() -> None:
+# In a worker process: the pool's stop event, set by the parent when it is interrupted.
+_STOP: Any = None
+
+
+def _init_worker(stop: Any) -> None:
+    """One thread per worker. Ctrl-C is the parent's to handle (`_run_tasks` starts the workers
+    deaf to it): it sets ``stop``, and a worker ends its file at the next output."""
+    global _STOP
+    _STOP = stop
     torch.set_num_threads(1)
+
+
+def _stopping() -> bool:
+    return _STOP is not None and _STOP.is_set()
 
 
 def _run_tasks(fn: Callable[..., dict[str, Any]], ctx: _Context, tasks: list[tuple], workers: int,
@@ -384,14 +411,26 @@ def _run_tasks(fn: Callable[..., dict[str, Any]], ctx: _Context, tasks: list[tup
                     on_progress(1)
         else:
             mp = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp, initializer=_init_worker) as pool:
-                futures = {pool.submit(fn, ctx, *task): i for i, task in enumerate(tasks)}
+            stop = mp.Event()
+            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp, initializer=_init_worker,
+                                        initargs=(stop,)) as pool:
+                futures: dict[cf.Future, int] = {}
                 try:
+                    # Workers are started here, with SIGINT blocked: they inherit the mask, so a
+                    # terminal's Ctrl-C (sent to every process of the job) reaches only this one.
+                    # One that comes meanwhile waits for the unblocking.
+                    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                    try:
+                        for i, task in enumerate(tasks):
+                            futures[pool.submit(fn, ctx, *task)] = i
+                    finally:
+                        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                     for fut in cf.as_completed(futures):
                         results[futures[fut]] = fut.result()
                         if on_progress:
                             on_progress(1)
                 except BaseException:
+                    stop.set()
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
     finally:
@@ -425,6 +464,7 @@ def plan_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSett
         masks = Path(masks)
         if not masks.is_dir():
             raise UsageError(f"--masks {masks} is not a folder", "give a folder of masks named like the images")
+        check_tree_paths(masks, dst, "--masks")
         mask_scan = scan_images(masks)
         bad += [{"path": f"{MASKS_DIR}/{b['path']}", "reason": b["reason"]} for b in mask_scan.bad]
         mask_of = match_masks(scan.files, mask_scan.files)
@@ -449,11 +489,6 @@ def match_masks(rels: Sequence[str], mask_files: Sequence[str]) -> dict[str, str
     return {rel: candidates[0] for rel, candidates in found.items() if candidates}
 
 
-def mask_output(out_dst: str, mask_rel: str) -> str:
-    """Where the warped mask of an output goes: ``masks/`` + the output's name with the mask's extension."""
-    return str(PurePosixPath(MASKS_DIR) / PurePosixPath(out_dst).with_suffix(PurePosixPath(mask_rel).suffix))
-
-
 def check_mask_outputs(plan: Sequence[tuple[str, list[Output], str | None]]) -> None:
     """Two images never share one warped mask (``a.png`` and ``a.jpg`` both matching ``masks/a.png``):
     `UsageError` listing the clashes."""
@@ -463,7 +498,7 @@ def check_mask_outputs(plan: Sequence[tuple[str, list[Output], str | None]]) -> 
         if mask_rel is None:
             continue
         for out in outs:
-            name = mask_output(out.dst, mask_rel)
+            name = mask_output(out, mask_rel)
             if owner.setdefault(name, rel) != rel:
                 clashes.setdefault(mask_rel, {owner[name]}).add(rel)
     if clashes:
@@ -476,9 +511,15 @@ def check_mask_outputs(plan: Sequence[tuple[str, list[Output], str | None]]) -> 
 
 def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSettings = WarpSettings(), *,
              masks: str | os.PathLike | None = None, boxes: str | os.PathLike | None = None, workers: int = 1,
-             overwrite: bool = False, resume: bool = False, on_start: Callable[[int], None] | None = None,
+             overwrite: bool = False, resume: bool = False, json_path: str | None = None,
+             on_start: Callable[[int], None] | None = None,
              on_progress: Callable[[int], None] | None = None) -> JobSummary:
-    """Warp the tree SRC into DST (see the module docstring); returns the summary."""
+    """Warp the tree SRC into DST (see the module docstring); returns the summary.
+
+    One job per DST at a time (`dec_cli.joblock`); more ``workers`` than files are not started.
+    ``json_path``, where the caller will write the summary, may not lie in an input folder or be
+    one of this job's files.
+    """
     if overwrite and resume:
         raise UsageError("--overwrite and --resume exclude each other", "use one of them")
     if workers < 1:
@@ -486,25 +527,41 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
     src_p, dst_p = Path(src), Path(dst)
     box_map = None if boxes is None else load_boxes(boxes)
     plan, scan_bad = plan_warp(src_p, dst_p, settings, masks=masks, boxes=boxes)
-    job = {"settings": asdict(settings), "masks": masks is not None, **({} if boxes is None else {"boxes": True})}
+    names = [name for _, outs, mask_rel in plan for o in outs for name in (o.dst, mask_output(o, mask_rel)) if name]
+    check_report_path(json_path, "--json", trees=[("SRC", src_p), ("--masks", masks),
+                                                  ("DST/masks", dst_p / MASKS_DIR if masks is not None else None)],
+                      files=[("DST", dst_p)], root=dst_p, names={*names, MANIFEST, JOB_FILE, LOCK_FILE})
+    with job_lock(dst_p, f"dec warp {src_p} {dst_p}"):
+        return _warp_locked(src_p, dst_p, plan, scan_bad, names, settings, masks, box_map,
+                            max(1, min(workers, len(plan))), overwrite, resume, on_start, on_progress)
+
+
+def _warp_locked(src_p: Path, dst_p: Path, plan: list[tuple[str, list[Output], str | None]],
+                 scan_bad: list[dict[str, str]], names: list[str], settings: WarpSettings,
+                 masks: str | os.PathLike | None, box_map: dict[str, Box] | None, workers: int, overwrite: bool,
+                 resume: bool, on_start: Callable[[int], None] | None,
+                 on_progress: Callable[[int], None] | None) -> JobSummary:
+    """The part of `run_warp` that runs under DST's lock."""
+    job = {"settings": asdict(settings), "masks": masks is not None, **({} if box_map is None else {"boxes": True})}
     job = json.loads(json.dumps(job))  # tuples -> lists, as stored on disk
     job_file = dst_p / JOB_FILE
+    existing = [name for name in names if (dst_p / name).exists()]
+    if existing:
+        check_own_outputs(dst_p, existing, recorded_outputs(dst_p, [MANIFEST], [JOB_FILE, UNWARP_JOB_FILE]))
     if resume:
         if job_file.exists():
             previous = json.loads(job_file.read_text(encoding="utf-8"))
-            if previous != job:
+            if {key: previous.get(key) for key in job} != job:
                 raise UsageError(f"DST {dst_p} was made with different settings than these",
                                  "rerun with the original options, or use --overwrite")
     elif not overwrite:
-        existing = [o.dst for _, outs, _ in plan for o in outs if (dst_p / o.dst).exists()]
         if existing or (dst_p / MANIFEST).exists():
             raise UsageError(
-                f"DST {dst_p} already holds outputs of a warp job ({len(existing)} of "
-                f"{sum(len(outs) for _, outs, _ in plan)} files exist)",
+                f"DST {dst_p} already holds outputs of a warp job ({len(existing)} of {len(names)} files exist)",
                 "pass --resume to finish an interrupted job or --overwrite to replace them")
     if resume or overwrite:  # a killed run (SIGKILL) could not clean up after itself
         remove_stale_temporaries(dst_p, recursive=True)
-    write_json(job, job_file)
+    write_json({**job, "outputs": names}, job_file)
     summary = JobSummary("warp", str(src_p), str(dst_p), files=len(plan),
                          outputs=sum(len(outs) for _, outs, _ in plan), workers=workers)
     ctx = _Context(str(src_p), str(dst_p), None if masks is None else str(masks), settings, overwrite, resume,
@@ -523,23 +580,44 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
 
 
 def run_unwarp(src: str | os.PathLike, dst: str | os.PathLike, manifest: str | os.PathLike | None = None, *,
-               workers: int = 1, overwrite: bool = False, resume: bool = False,
+               workers: int = 1, overwrite: bool = False, resume: bool = False, json_path: str | None = None,
                on_start: Callable[[int], None] | None = None,
                on_progress: Callable[[int], None] | None = None) -> JobSummary:
-    """Invert every warp recorded in ``manifest`` (default ``SRC/manifest.jsonl``) into DST."""
+    """Invert every warp recorded in ``manifest`` (default ``SRC/manifest.jsonl``) into DST.
+
+    Locking, ``workers`` and ``json_path`` as for `run_warp`.
+    """
     if overwrite and resume:
         raise UsageError("--overwrite and --resume exclude each other", "use one of them")
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1; got {workers}")
     src_p, dst_p = Path(src), Path(dst)
     check_tree_paths(src_p, dst_p)
-    found = read_manifest(manifest if manifest is not None else src_p / MANIFEST, roots=(src_p, dst_p), warps=True)
+    manifest_p = Path(manifest) if manifest is not None else src_p / MANIFEST
+    found = read_manifest(manifest_p, roots=(src_p, dst_p), warps=True)
+    names = [r["dst"] for r in found.records]
+    check_report_path(json_path, "--json", trees=[("SRC", src_p)], files=[("--manifest", manifest_p), ("DST", dst_p)],
+                      root=dst_p, names={*names, UNWARP_JOB_FILE, LOCK_FILE})
+    with job_lock(dst_p, f"dec unwarp {src_p} {dst_p}"):
+        return _unwarp_locked(src_p, dst_p, found, names, max(1, min(workers, len(found.records))), overwrite,
+                              resume, on_start, on_progress)
+
+
+def _unwarp_locked(src_p: Path, dst_p: Path, found: Manifest, names: list[str], workers: int,
+                   overwrite: bool, resume: bool, on_start: Callable[[int], None] | None,
+                   on_progress: Callable[[int], None] | None) -> JobSummary:
+    """The part of `run_unwarp` that runs under DST's lock."""
     records = found.records
+    existing = [name for name in names if (dst_p / name).exists()]
+    if existing:
+        check_own_outputs(dst_p, existing, recorded_outputs(dst_p, [MANIFEST], [JOB_FILE, UNWARP_JOB_FILE]))
     if not overwrite and not resume:
-        existing = [r["dst"] for r in records if (dst_p / r["dst"]).exists()]
         if existing:
             raise UsageError(f"DST {dst_p} already holds {len(existing)} of the {len(records)} outputs",
                              "pass --resume to finish or --overwrite to replace them")
     if resume or overwrite:
         remove_stale_temporaries(dst_p, recursive=True)
+    write_json({"outputs": names}, dst_p / UNWARP_JOB_FILE)
     summary = JobSummary("unwarp", str(src_p), str(dst_p), files=len(records) + len(found.bad),
                          outputs=len(records), workers=workers, bad=[b.entry(found.path) for b in found.bad])
     ctx = _Context(str(src_p), str(dst_p), None, WarpSettings(), overwrite, resume)

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dec_cli.display import printable
 from dec_cli.files import atomic_path, write_text_atomic
 
 SUMMARY_COLUMNS = [
@@ -140,7 +141,7 @@ def render_tables(report, console: Console, *, max_unreadable: int = 10) -> None
     if report.unreadable:
         console.print(f"[yellow]skipped {len(report.unreadable)} unreadable file(s):[/yellow]")
         for bad in report.unreadable[:max_unreadable]:
-            console.print(f"  {bad['path']}: {bad['reason']}", markup=False)
+            console.print(f"  {printable(bad['path'])}: {printable(bad['reason'])}", markup=False)
         if len(report.unreadable) > max_unreadable:
             console.print(f"  ... and {len(report.unreadable) - max_unreadable} more (see --json)")
     for rule in report.fail_if:

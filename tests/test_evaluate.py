@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -404,3 +405,15 @@ def test_load_image_modes(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x00\x01")
     with pytest.raises(OSError):
         load_image(tmp_path / "bad.png")
+
+
+def test_unreadable_names_with_control_characters_are_escaped(run_dec, assets, tmp_path):
+    tree = shutil.copytree(assets["tree"], tmp_path / "tree")
+    evil = "x\nerror: all good\x1b[2K.png"
+    (tree / "square" / evil).write_bytes(b"not an image")
+    result = run_dec("evaluate", "test_resnet", "--weights", assets["weights"], "--data", tree, "--warps", "0",
+                     "--img-size", IMG)
+    assert result.code == 0, result.err
+    shown = result.out + result.err
+    assert repr(f"square/{evil}") in shown and "\x1b" not in shown
+    assert not [line for line in shown.splitlines() if line.startswith("error: ")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -281,6 +282,27 @@ def test_resume_after_sigkill_equals_uninterrupted_run(run_dec, sigkill_dec, ful
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _without_speed(_rows(full)) == _without_speed(_rows(cut))
     assert not list(cut.glob(".*.part*"))  # a temporary file cut short by the kill is cleaned up or replaced
+
+
+def test_ctrl_c_in_epoch_one_of_three_exits_130_with_one_line(shapes, dec_ckpt, tmp_path):
+    """A real SIGINT to a real `dec finetune` during its first epoch: exit 130 and one line naming --resume."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "dec_cli", "finetune", str(dec_ckpt), str(shapes), "-o", str(out),
+                              "--epochs", "3", *FAST], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().startswith("fine-tuning ")  # printed as epoch 1 begins
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=60)
+    assert not (out / "metrics.csv").exists() or _rows(out) == []
+    assert child.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted") and "--resume" in lines[0], lines
 
 
 # --------------------------------------------------------------------------- bad input
