@@ -100,7 +100,11 @@ def digits_cmd(
     digits: int = typer.Option(2, "--digits", help="Digits per composite: 2 (side by side) or 3 (2 x 2 grid)."),
     cell: int = typer.Option(32, "--cell", metavar="PX", help="Cell side in pixels; the image is 2 cells wide."),
     scale_range: str = typer.Option("0.6,1.6", "--scale-range", metavar="LO,HI",
-                                    help="Range of each digit's own scale factor (log-uniform)."),
+                                    help="Range of each digit's own scale factor (log-uniform); with "
+                                         "--train-scale-range, of test/ only."),
+    train_scale_range: Optional[str] = typer.Option(None, "--train-scale-range", metavar="LO,HI",
+                                                    help="Scale range of train/ and val/ digits (default: "
+                                                         "--scale-range)."),
     zoom: str = typer.Option("0.6,0.8,1,1.25,1.6", "--zoom", metavar="Z1,Z2,...",
                              help="Factors of the test-zoom sweep (every digit at the factor)."),
     classes: int = typer.Option(20, "--classes", help="Number of digit combinations used as classes (2-100)."),
@@ -118,12 +122,15 @@ def digits_cmd(
     from dec_cli.errors import UsageError
     from dec_cli.warp import parse_scale_range
 
-    try:
-        lo_hi = parse_scale_range(scale_range)
-    except ValueError as exc:
-        raise UsageError(str(exc), "for example --scale-range 0.6,1.6") from None
+    ranges = {}
+    for option, text in (("--scale-range", scale_range), ("--train-scale-range", train_scale_range)):
+        try:
+            ranges[option] = None if text is None else parse_scale_range(text)
+        except ValueError as exc:
+            raise UsageError(f"{option}: {exc}", f"for example {option} 0.6,1.6") from None
     config = DigitsConfig(seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, digits=digits, cell=cell,
-                          scale_range=lo_hi, zoom=parse_zoom(zoom), classes=classes)
+                          scale_range=ranges["--scale-range"], zoom=parse_zoom(zoom), classes=classes,
+                          train_scale_range=ranges["--train-scale-range"])
     console = console_for(json_dest, quiet)
     with progress_bar(console, quiet) as bar:
         task = bar.add_task("composites", total=None)
