@@ -177,6 +177,9 @@ def evaluate_cmd(
                                        help="Plot accuracy and consistency against zoom or warp strength."),
     fail_if: Optional[list[str]] = typer.Option(None, "--fail-if", metavar="EXPR",
                                                 help="Exit 1 when a rule holds, e.g. 'top1<0.70' (repeatable)."),
+    tta_scales: Optional[str] = typer.Option(None, "--tta-scales", metavar="S1,S2,...",
+                                             help="Also report each model with test-time scale search over these "
+                                                  "factors (row NAME+tta)."),
     limit: Optional[int] = typer.Option(None, "--limit", metavar="N", help="Evaluate the first N images only."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
@@ -196,9 +199,11 @@ def evaluate_cmd(
     from dec_cli.evaluate import EvalSettings, ModelSpec, evaluate
     from dec_cli.metrics import parse_fail_if
     from dec_cli.report import check_writable, failure_message, render_tables, write_outputs
+    from dec_cli.tta import parse_tta_scales
     from dec_cli.warp import parse_scale_range
 
     thresholds = [parse_fail_if(expr) for expr in (fail_if or [])]
+    tta = parse_tta_scales(tta_scales) if tta_scales is not None else ()
     try:
         lo_hi = parse_scale_range(scale_range)
     except ValueError as exc:
@@ -235,7 +240,7 @@ def evaluate_cmd(
     specs = [ModelSpec(m, weights=given.get(m) if m in names else None, pretrained=pretrained) for m in models]
     settings = EvalSettings(warps=warps, scale_range=lo_hi, grid=grid, rows=rows, seed=seed, img_size=img_size,
                             limit=limit, batch_size=batch_size, workers=workers, device=device, amp=amp,
-                            compile=compile_, class_map=class_map)
+                            compile=compile_, class_map=class_map, tta_scales=tta)
     with D.process_group(device) as info:
         quiet_here = quiet or not info.is_main
         console = console_for(json_dest, quiet_here)

@@ -11,7 +11,7 @@ aggregated in image order, so the report equals the single-process one.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -25,6 +25,7 @@ from dec_cli.data import ImageDataset, ImageFolderData, collate_skip, data_confi
 from dec_cli.data import class_to_output
 from dec_cli.errors import UsageError
 from dec_cli.metrics import Threshold, batch_records, concat_records, summarize, warp_strength
+from dec_cli.tta import ScaleSearch, check_tta_scales
 from dec_cli.warp import DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, key_seed, random_warp
 
 SCHEMA_VERSION = 1
@@ -50,6 +51,7 @@ class EvalSettings:
     amp: bool = False
     compile: bool = False
     class_map: Optional[str] = None
+    tta_scales: tuple[float, ...] = ()  # non-empty: also report NAME+tta (dec_cli.tta.ScaleSearch)
 
 
 @dataclass
@@ -192,6 +194,8 @@ def check_settings(settings: EvalSettings) -> None:
         raise UsageError(f"--workers must be 0 or more; got {settings.workers}")
     if settings.limit is not None and settings.limit < 1:
         raise UsageError(f"--limit must be positive; got {settings.limit}")
+    if settings.tta_scales:
+        check_tta_scales(settings.tta_scales)
     try:
         check_scale_range(settings.scale_range)
     except ValueError as exc:
@@ -256,6 +260,15 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
             metrics=summary["metrics"], per_zoom=summary["per_zoom"], per_strength=summary["per_strength"],
             timing=timing,
         ))
+        if settings.tta_scales:
+            tta_name = f"{name}+tta"
+            records, _, timing = _run_model(ScaleSearch(runner, settings.tta_scales), [], data, mapping, transform,
+                                            k, settings, dist_info, warp_cache,
+                                            lambda done, total: progress and progress(tta_name, done, total))
+            summary = summarize(records, zooms=zooms if data.zoom_sweep else None, sources=sources,
+                                strength_max=strength_max)
+            results.append(replace(results[-1], name=tta_name, metrics=summary["metrics"],
+                                   per_zoom=summary["per_zoom"], per_strength=summary["per_strength"], timing=timing))
         del model, runner
     bad = [{"path": data.samples[i].rel, "reason": unreadable[i]} for i in sorted(unreadable)]
     report = Report(
@@ -267,6 +280,7 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
         settings={
             "warps": k, "scale_range": list(settings.scale_range), "grid": settings.grid, "rows": settings.rows,
             "seed": settings.seed, "img_size": settings.img_size, "limit": settings.limit, "amp": settings.amp,
+            "tta_scales": list(settings.tta_scales) or None,
         },
         models=results,
         unreadable=bad,

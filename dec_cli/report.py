@@ -6,8 +6,9 @@ JSON schema (``schema_version`` 1; keys are only ever added, never renamed):
 - ``data``: ``root``, ``classes``, ``images`` (after ``--limit``), ``evaluated``,
   ``unreadable`` (count), ``zoom_sweep`` (bool), ``zooms`` (sorted factors);
 - ``settings``: ``warps``, ``scale_range``, ``grid``, ``rows``, ``seed``,
-  ``img_size``, ``limit``, ``amp``;
-- ``models``: one object per MODEL, in command-line order: ``name``, ``source``,
+  ``img_size``, ``limit``, ``amp``, ``tta_scales`` (null without ``--tta-scales``);
+- ``models``: one object per MODEL, in command-line order (each followed by its
+  ``NAME+tta`` row under ``--tta-scales``): ``name``, ``source``,
   ``model_name``, ``dec``, ``num_classes``, ``class_mapping``, ``input_size``,
   ``metrics`` {``images``, ``top1``, ``top5``, ``pairs``, ``warped_top1``,
   ``warped_top5``, ``inv_error``, ``sym_kl``, ``consistency``,

@@ -166,7 +166,9 @@ def test_json_schema_and_unreadable_files(run_dec, assets):
     assert doc["data"] == {"root": str(assets["tree"]), "classes": 3, "images": 10, "evaluated": 9,
                            "unreadable": 1, "zoom_sweep": False, "zooms": []}
     assert [b["path"] for b in doc["unreadable"]] == ["square/broken.png"] and doc["unreadable"][0]["reason"]
-    assert set(doc["settings"]) == {"warps", "scale_range", "grid", "rows", "seed", "img_size", "limit", "amp"}
+    assert set(doc["settings"]) == {"warps", "scale_range", "grid", "rows", "seed", "img_size", "limit", "amp",
+                                   "tta_scales"}
+    assert doc["settings"]["tta_scales"] is None
     model = doc["models"][0]
     assert set(model) == {"name", "source", "model_name", "dec", "num_classes", "class_mapping", "input_size",
                           "metrics", "per_zoom", "per_strength", "timing"}
