@@ -24,7 +24,8 @@ from dec_cli import distributed as D
 from dec_cli.data import ImageDataset, ImageFolderData, collate_skip, data_config, eval_transform, scan_image_folder
 from dec_cli.data import class_to_output
 from dec_cli.errors import UsageError
-from dec_cli.metrics import Threshold, batch_records, concat_records, summarize, warp_strength
+from dec_cli.diagnostics import Probe, capture, dec_blocks, summarize_dec
+from dec_cli.metrics import Threshold, batch_records, concat_records, sort_records, summarize, warp_strength
 from dec_cli.tta import ScaleSearch, check_tta_scales
 from dec_cli.warp import DEFAULT_SCALE_RANGE, Warp, apply_warp, check_scale_range, key_seed, random_warp
 
@@ -78,6 +79,7 @@ class ModelResult:
     per_zoom: list[dict[str, Any]]
     per_strength: list[dict[str, Any]]
     timing: dict[str, Any]
+    dec_modules: list[dict[str, Any]] = field(default_factory=list)  # dec_cli.diagnostics.summarize_dec
 
 
 @dataclass
@@ -205,7 +207,8 @@ def check_settings(settings: EvalSettings) -> None:
 def check_thresholds_available(thresholds: Sequence[Threshold], *, warps: int, zoom_sweep: bool) -> None:
     """A ``--fail-if`` on a metric this run cannot compute is a usage error, found before any work."""
     for t in thresholds:
-        if t.metric in ("warped_top1", "warped_top5", "inv_error", "sym_kl", "consistency") and warps == 0:
+        if t.metric in ("warped_top1", "warped_top5", "inv_error", "sym_kl", "consistency", "canon_error") \
+                and warps == 0:
             raise UsageError(f"--fail-if {t.expr!r}: {t.metric} needs random warps but --warps is 0",
                              "pass --warps K with K > 0"
                              + (", or use zoom_top1_min / zoom_consistency_min on a zoom sweep" if zoom_sweep else ""))
@@ -241,10 +244,12 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
         cfg = data_config(model, settings.img_size)
         transform = eval_transform(model, settings.img_size)
         decs = _dec_modules(model, info)
+        blocks = dec_blocks(model) if decs else []
         runner = torch.compile(model, mode="reduce-overhead" if dist_info.device.type == "cuda" else "default") \
             if settings.compile else model
         records, errors, timing = _run_model(runner, decs, data, mapping, transform, k, settings, dist_info,
-                                             warp_cache, lambda done, total, _n=name: progress and progress(_n, done, total))
+                                             warp_cache, lambda done, total, _n=name: progress and progress(_n, done, total),
+                                             blocks=[b for _, b in blocks])
         for idx, reason in errors:
             unreadable.setdefault(idx, reason)
         if len(unreadable) == len(data.samples):
@@ -254,11 +259,12 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
                              "check the files are images Pillow can open")
         summary = summarize(records, zooms=zooms if data.zoom_sweep else None, sources=sources,
                             strength_max=strength_max)
+        canon_error, modules = summarize_dec(sort_records(records), [p for p, _ in blocks]) if blocks else (None, [])
         results.append(ModelResult(
             name=name, source=spec.source, model_name=str(info["model_name"]), dec=bool(info.get("dec")),
             num_classes=int(info["num_classes"]), class_mapping=how, input_size=list(cfg["input_size"]),
-            metrics=summary["metrics"], per_zoom=summary["per_zoom"], per_strength=summary["per_strength"],
-            timing=timing,
+            metrics={**summary["metrics"], "canon_error": canon_error}, per_zoom=summary["per_zoom"],
+            per_strength=summary["per_strength"], timing=timing, dec_modules=modules,
         ))
         if settings.tta_scales:
             tta_name = f"{name}+tta"
@@ -267,8 +273,9 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
                                             lambda done, total: progress and progress(tta_name, done, total))
             summary = summarize(records, zooms=zooms if data.zoom_sweep else None, sources=sources,
                                 strength_max=strength_max)
-            results.append(replace(results[-1], name=tta_name, metrics=summary["metrics"],
-                                   per_zoom=summary["per_zoom"], per_strength=summary["per_strength"], timing=timing))
+            results.append(replace(results[-1], name=tta_name, metrics={**summary["metrics"], "canon_error": None},
+                                   per_zoom=summary["per_zoom"], per_strength=summary["per_strength"], timing=timing,
+                                   dec_modules=[]))
         del model, runner
     bad = [{"path": data.samples[i].rel, "reason": unreadable[i]} for i in sorted(unreadable)]
     report = Report(
@@ -286,7 +293,7 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
         unreadable=bad,
     )
     for t in thresholds:
-        if t.metric.startswith("residual_") and not any(m.dec for m in results):
+        if (t.metric.startswith("residual_") or t.metric == "canon_error") and not any(m.dec for m in results):
             raise UsageError(f"--fail-if {t.expr!r}: no model has DEC modules, so there is no solver residual",
                              "drop the rule or evaluate a DEC checkpoint (the rule applies to DEC models only)")
     report.fail_if = check_thresholds(report, thresholds)
@@ -337,8 +344,12 @@ def _sync(device: torch.device) -> None:
 
 
 def _run_model(model, decs, data: ImageFolderData, mapping, transform, k: int, settings: EvalSettings,
-               dist_info: D.DistInfo, warp_cache: dict[str, Warp], progress: Callable[[int, int], Any]):
-    """Evaluate one model on this rank's shard; returns gathered records, unreadable files, timing."""
+               dist_info: D.DistInfo, warp_cache: dict[str, Warp], progress: Callable[[int, int], Any],
+               blocks: Sequence[torch.nn.Module] = ()):
+    """Evaluate one model on this rank's shard; returns gathered records, unreadable files, timing.
+
+    ``blocks``: the model's DEC blocks, whose canonicalization diagnostics are recorded per image.
+    """
     device = dist_info.device
     dataset = ImageDataset(data.samples, transform, mapping)
     loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=D.eval_sampler(dataset),
@@ -349,7 +360,8 @@ def _run_model(model, decs, data: ImageFolderData, mapping, transform, k: int, s
     parts: list[dict[str, np.ndarray]] = []
     errors: list[tuple[int, str]] = []
     times: list[tuple[float, int]] = []
-    with torch.inference_mode():
+    probe = Probe(blocks, k) if blocks else None
+    with torch.inference_mode(), capture(blocks):
         for batch in loader:
             errors.extend(batch.errors)
             done_local += len(batch.indices) + len(batch.errors)
@@ -363,6 +375,8 @@ def _run_model(model, decs, data: ImageFolderData, mapping, transform, k: int, s
             clean = _forward(model, x, settings.amp)
             _sync(device)
             times.append((time.perf_counter() - t0, b))
+            if probe:
+                probe.clean()
             res = [_residuals(decs, b)] if decs else []
             warped = strength = None
             if k:
@@ -373,12 +387,16 @@ def _run_model(model, decs, data: ImageFolderData, mapping, transform, k: int, s
                 chunks = []
                 for start in range(0, b * k, settings.batch_size):
                     chunks.append(_forward(model, xw[start:start + settings.batch_size], settings.amp))
+                    if probe:
+                        probe.warped(start)
                     if decs:
                         r = _residuals(decs, chunks[-1].shape[0])
                         res.append(None if r is None else r)
                 warped = torch.cat(chunks).view(b, k, -1)
             rec = batch_records(clean, batch.labels, warped, strength)
             rec["index"] = batch.indices.numpy().astype(np.int64)
+            if probe:
+                rec.update(probe.records())
             if decs and all(r is not None for r in res):
                 clean_res = res[0]  # (b, M)
                 per_image = [clean_res]

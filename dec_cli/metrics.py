@@ -235,6 +235,7 @@ FAIL_METRICS = {
     "zoom_consistency_min": "lowest consistency with zoom 1.0 over zoom factors (zoom sweeps)",
     "residual_mean": "mean DEC solver residual (DEC models)",
     "residual_max": "largest DEC solver residual (DEC models)",
+    "canon_error": "canonicalized / received feature distance of an image and its warp (DEC models)",
     "unreadable": "number of unreadable images skipped",
 }
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,

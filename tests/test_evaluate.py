@@ -171,10 +171,10 @@ def test_json_schema_and_unreadable_files(run_dec, assets):
     assert doc["settings"]["tta_scales"] is None
     model = doc["models"][0]
     assert set(model) == {"name", "source", "model_name", "dec", "num_classes", "class_mapping", "input_size",
-                          "metrics", "per_zoom", "per_strength", "timing"}
+                          "metrics", "per_zoom", "per_strength", "timing", "dec_modules"}
     assert set(model["metrics"]) == {"images", "top1", "top5", "pairs", "warped_top1", "warped_top5", "inv_error",
                                      "sym_kl", "consistency", "zoom_top1_min", "zoom_consistency_min",
-                                     "residual_mean", "residual_max"}
+                                     "residual_mean", "residual_max", "canon_error"}
     assert model["input_size"] == [3, 32, 32] and model["class_mapping"] == "sorted-folders"
     assert sum(b["pairs"] for b in model["per_strength"]) == 9
     assert model["timing"]["latency_ms"] > 0
