@@ -182,3 +182,15 @@ def test_capture_is_off_outside_the_context_and_compiles(assets):
         torch.testing.assert_close(out, eager)
         assert probe.records()["res_iter.0"].shape == (2, ITERS)
     assert block.captured is None and not block.capture and not block.dec.capture
+
+
+def test_pinned_warp_records_zero_updates(assets):
+    """A pinned DEC (diagnostics, ablations) makes no solver updates: its residual series is all zeros."""
+    model = load_model(assets["ckpt"]["random"]).eval()
+    (_, block), = dec_blocks(model)
+    block.dec.pin(torch.linspace(-0.5, 0.5, 4).view(1, 4))
+    with torch.no_grad(), capture([block]):
+        model(torch.randn(3, 3, 32, 32))
+        assert torch.equal(block.dec.residual_by_iter, torch.zeros(3, ITERS))
+        feat, canon = block.captured
+        assert feat.shape == canon.shape and not torch.equal(feat, canon)  # the pinned warp is applied

@@ -118,8 +118,9 @@ def test_scale_one_alone_is_the_plain_model(run_dec, trees, tree, extra):
         assert tta["per_zoom"] == plain["per_zoom"] and tta["per_strength"] == plain["per_strength"]
         for key, value in plain["metrics"].items():
             # Solver diagnostics belong to the plain row; the search row leaves them null.
-            assert tta["metrics"][key] == (None if key.startswith("residual_") else value), key
-    assert doc["models"][0]["metrics"]["residual_mean"] is not None
+            assert tta["metrics"][key] == (None if key.startswith("residual_") or key == "canon_error" else value), key
+        assert tta["dec_modules"] == []
+    assert doc["models"][0]["metrics"]["residual_mean"] is not None and doc["models"][0]["dec_modules"]
     assert doc["models"][0]["metrics"]["top1"] is not None
 
 
