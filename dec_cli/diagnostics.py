@@ -59,7 +59,8 @@ class Probe:
         self.den: list[Tensor] = []
 
     def clean(self) -> None:
-        self.maps = [block.captured for block in self.blocks]
+        # Copies: under CUDA graphs the next forward may reuse the captured buffers.
+        self.maps = [(feat.clone(), canon.clone()) for feat, canon in (block.captured for block in self.blocks)]
         self.res_sum = [block.dec.residual_by_iter.double() for block in self.blocks]
         b = self.maps[0][0].shape[0] if self.maps else 0
         self.num = [torch.zeros(b * self.k, dtype=torch.float64, device=f.device) for f, _ in self.maps]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -231,6 +232,8 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
     zooms = [s.zoom for s in data.samples]
     sources = [s.source for s in data.samples]
     strength_max = max(1.0 / settings.scale_range[0], settings.scale_range[1])
+    summarize_run = partial(summarize, zooms=zooms if data.zoom_sweep else None, sources=sources,
+                            strength_max=strength_max)
     warp_cache: dict[str, Warp] = {}
     results: list[ModelResult] = []
     unreadable: dict[int, str] = {}
@@ -257,8 +260,7 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
             raise UsageError(f"none of the {len(unreadable)} images in {data_dir} could be read "
                              f"(first: {first}: {unreadable[min(unreadable)]})",
                              "check the files are images Pillow can open")
-        summary = summarize(records, zooms=zooms if data.zoom_sweep else None, sources=sources,
-                            strength_max=strength_max)
+        summary = summarize_run(records)
         canon_error, modules = summarize_dec(sort_records(records), [p for p, _ in blocks]) if blocks else (None, [])
         results.append(ModelResult(
             name=name, source=spec.source, model_name=str(info["model_name"]), dec=bool(info.get("dec")),
@@ -271,8 +273,7 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
             records, _, timing = _run_model(ScaleSearch(runner, settings.tta_scales), [], data, mapping, transform,
                                             k, settings, dist_info, warp_cache,
                                             lambda done, total: progress and progress(tta_name, done, total))
-            summary = summarize(records, zooms=zooms if data.zoom_sweep else None, sources=sources,
-                                strength_max=strength_max)
+            summary = summarize_run(records)
             results.append(replace(results[-1], name=tta_name, metrics={**summary["metrics"], "canon_error": None},
                                    per_zoom=summary["per_zoom"], per_strength=summary["per_strength"], timing=timing,
                                    dec_modules=[]))
@@ -294,7 +295,7 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
     )
     for t in thresholds:
         if (t.metric.startswith("residual_") or t.metric == "canon_error") and not any(m.dec for m in results):
-            raise UsageError(f"--fail-if {t.expr!r}: no model has DEC modules, so there is no solver residual",
+            raise UsageError(f"--fail-if {t.expr!r}: no model has DEC modules, so there is no {t.metric}",
                              "drop the rule or evaluate a DEC checkpoint (the rule applies to DEC models only)")
     report.fail_if = check_thresholds(report, thresholds)
     return report
