@@ -1,44 +1,71 @@
 """Rerun the paper's MNIST comparison at CPU scale on the locally scaled digits benchmark.
 
-Four ways to train the same tiny timm backbone (`test_resnet`, from scratch):
-plain fine-tuning, warp augmentation (`--aug-prob`), invariance-loss
-fine-tuning (`--eq-weight`), and DEC (`dec retrofit`, then fine-tuning with
-warp augmentation, as the bundled demo model). Every run uses the project's
-own commands; each trained model is evaluated with `dec evaluate` on the
-test split under random warps and on its zoom sweep. The Markdown table
-(mean and spread over seeds) goes to OUT/table.md and, with --readme, into
-the README between the `digits-table` markers.
+Ways to train the same tiny timm backbone (`test_resnet`, from scratch):
+plain fine-tuning (`plain`), warp augmentation (`warp-aug`, `--aug-prob`),
+invariance-loss fine-tuning (`inv-loss`, `--eq-weight`), DEC (`dec`: `dec
+retrofit`, then fine-tuning with warp augmentation), test-time scale search on
+the warp-augmentation model (`tta`, `dec evaluate --tta-scales`), and
+ablations under their own names (`dec-eq`). Every run uses the project's own
+commands; each trained model is evaluated with `dec evaluate` on the test
+split under random warps and on its zoom sweep. The benchmark tree is built
+from `--source` (any MNIST-style .npz) under `--protocol` `default` or `wide`
+(train at 0.8-1.25, test at 0.4-2). The Markdown table (mean and spread over
+seeds) goes to OUT/table.md and, with --readme, into the README between the
+`digits-table` markers; `--json` writes every `dec evaluate` report.
 
-    python bench/digits_table.py                       # 3 seeds, 6 epochs (long: about 12 runs)
+    python bench/digits_table.py                       # 3 seeds, 6 epochs (long: about 15 runs)
+    python bench/digits_table.py --protocol wide --methods warp-aug,dec,tta --json wide.json
     python bench/digits_table.py --epochs 4 --n-train 1000 --n-test 300 --out bench/out/table-small
 
-Runs already finished in OUT are reused, so an interrupted table resumes.
+Runs already finished in OUT on the same tree are reused, so an interrupted table resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 NPZ = ROOT / "dec_cli" / "data" / "mnist-8k.npz"
-START, END = "<!-- digits-table:start -->", "<!-- digits-table:end -->"
 
-#: method: (label, finetune options, retrofit options or None for a plain backbone)
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the table: how its model is trained, or which trained model it evaluates at test time."""
+
+    label: str
+    finetune: tuple[str, ...] = ()
+    retrofit: Optional[tuple[str, ...]] = None  # None: a plain backbone
+    model_of: Optional[str] = None  # a test-time method: evaluates this method's trained model
+    tta: bool = False  # evaluate with `dec evaluate --tta-scales` and report the NAME+tta row
+
+
 METHODS = {
-    "plain": ("plain fine-tuning", [], None),
-    "aug": ("warp augmentation", ["--aug-prob", "0.5"], None),
-    "eqloss": ("invariance loss", ["--eq-weight", "1.0"], None),
-    "dec": ("DEC (+ warp augmentation)", ["--aug-prob", "0.5"], ["--iters", "3"]),
-    "dec-eq": ("DEC, 5 iterations (+ warp augmentation, invariance loss 0.3)",
-               ["--aug-prob", "0.5", "--eq-weight", "0.3"], ["--iters", "5"]),
+    "plain": Method("plain fine-tuning"),
+    "warp-aug": Method("warp augmentation", ("--aug-prob", "0.5")),
+    "inv-loss": Method("invariance loss", ("--eq-weight", "1.0")),
+    "dec": Method("DEC (+ warp augmentation)", ("--aug-prob", "0.5"), ("--iters", "3")),
+    "tta": Method("test-time scale search (warp augmentation model)", model_of="warp-aug", tta=True),
+    "dec-eq": Method("DEC, 5 iterations (+ warp augmentation, invariance loss 0.3)",
+                     ("--aug-prob", "0.5", "--eq-weight", "0.3"), ("--iters", "5")),
 }
+#: `dec digits` options of each protocol (README "dec digits").
+PROTOCOLS = {
+    "default": [],
+    "wide": ["--train-scale-range", "0.8,1.25", "--scale-range", "0.4,2", "--zoom", "0.4,0.6,0.8,1,1.25,1.6,2"],
+}
+#: Factors of the `tta` method per protocol: the inverses of the zoom sweep's.
+TTA_SCALES = {"default": "0.63,0.8,1,1.25,1.6", "wide": "0.5,0.63,0.8,1,1.25,1.6,2"}
 #: Columns: (label, file, metric key, percent?, higher is better?)
 COLUMNS = [
     ("top-1", "test", "top1", True, True),
@@ -60,46 +87,74 @@ def run(cmd: list[str], log: Path) -> None:
         sys.exit(f"error: {' '.join(cmd[:4])} ... failed (exit {proc.returncode}); see {log}")
 
 
+def tree_stamp(data: Path) -> str:
+    """Identifies the benchmark tree (its settings and source): runs trained on another tree are redone."""
+    return hashlib.sha256((data / "digits.json").read_bytes()).hexdigest()
+
+
+def build_tree(args: argparse.Namespace) -> Path:
+    """The `dec digits` tree of the protocol, from --source (rebuilt when the source or settings changed)."""
+    data = args.out / ("digits" if args.protocol == "default" else f"digits-{args.protocol}")
+    cmd_options = ["--seed", "0", "--n-train", str(args.n_train), "--n-val", str(args.n_val),
+                   "--n-test", str(args.n_test), *PROTOCOLS[args.protocol]]
+    wanted = " ".join([str(args.source.resolve()), *cmd_options])
+    stamp = data / "built-with.txt"
+    if not (data / "digits.json").is_file() or not stamp.is_file() or stamp.read_text() != wanted:
+        run([sys.executable, "-m", "dec_cli", "digits", str(args.source), str(data), "--overwrite", "--quiet",
+             *cmd_options], args.out / "digits.log")
+        stamp.write_text(wanted)
+    return data
+
+
 def train(method: str, seed: int, data: Path, out: Path, args: argparse.Namespace) -> Path:
-    """Train one model (skipped when its checkpoint exists); returns the best checkpoint."""
-    run_dir = out / f"{method}-s{seed}"
+    """Train one model (skipped when it finished on this tree); returns the best checkpoint."""
+    spec = METHODS[method]
+    run_dir = out / f"{args.prefix}{method}-s{seed}"
     best = run_dir / "best.safetensors"
-    if best.is_file() and (run_dir / "done").is_file():
+    done = run_dir / "done"
+    if best.is_file() and done.is_file() and done.read_text() == tree_stamp(data):
         return best
     dec = [sys.executable, "-m", "dec_cli"]
     common = ["--img-size", "64", "--epochs", str(args.epochs), "--batch-size", "64", "--lr", "3e-3",
               "--dec-lr", "3e-3", "--weight-decay", "0.05", "--warmup-epochs", "1", "--scale-range", "0.75,1.33",
-              "--seed", str(seed), "--quiet", *METHODS[method][1]]
-    log = out / f"{method}-s{seed}.log"
+              "--seed", str(seed), "--quiet", *spec.finetune]
+    log = out / f"{args.prefix}{method}-s{seed}.log"
     if run_dir.exists():
-        import shutil
         shutil.rmtree(run_dir)
-    retrofit_options = METHODS[method][2]
-    if retrofit_options is not None:
-        init = out / f"{method}-init-s{seed}.safetensors"
+    for other, spec_of in METHODS.items():  # reports of the model being replaced
+        if (spec_of.model_of or other) == method:
+            for kind in ("test", "zoom"):
+                (out / f"{args.prefix}{other}-s{seed}-{kind}.json").unlink(missing_ok=True)
+    if spec.retrofit is not None:
+        init = out / f"{args.prefix}{method}-init-s{seed}.safetensors"
         run([*dec, "retrofit", "test_resnet", "--no-pretrained", "--num-classes", "20", "--img-size", "64",
-             "--grid", "8", "--rows", "2", *retrofit_options, "--seed", str(seed), "-o", str(init), "--force",
+             "--grid", "8", "--rows", "2", *spec.retrofit, "--seed", str(seed), "-o", str(init), "--force",
              "--quiet"], log)
         run([*dec, "finetune", str(init), str(data), "-o", str(run_dir), *common], log)
     else:
         run([*dec, "finetune", "test_resnet", str(data), "-o", str(run_dir), "--no-pretrained",
              "--num-classes", "20", *common], log)
-    (run_dir / "done").write_text("ok\n")
+    done.write_text(tree_stamp(data))
     return best
 
 
-def evaluate(ckpt: Path, data: Path, out: Path, tag: str) -> dict:
-    """`dec evaluate` on the test split (4 random warps per image) and on the zoom sweep."""
-    results = {}
+def evaluate(ckpt: Path, data: Path, out: Path, tag: str, tta_scales: Optional[str]) -> dict:
+    """`dec evaluate` reports (the whole JSON) on the test split (4 random warps per image) and the zoom sweep."""
+    reports = {}
+    tta = ["--tta-scales", tta_scales] if tta_scales else []
     for kind, folder, extra in (("test", data / "test", ["--warps", "4"]), ("zoom", data / "test-zoom", [])):
         dest = out / f"{tag}-{kind}.json"
         if not dest.is_file():
             run([sys.executable, "-m", "dec_cli", "evaluate", str(ckpt), "--data", str(folder), "--img-size", "64",
-                 "--seed", "0", "--quiet", "--json", str(dest), *extra], out / f"{tag}.log")
-        report = json.loads(dest.read_text())
-        model = report["models"][0]
-        results[kind] = {**model["metrics"], "per_zoom": model.get("per_zoom", [])}
-    return results
+                 "--seed", "0", "--quiet", "--json", str(dest), *tta, *extra], out / f"{tag}.log")
+        reports[kind] = json.loads(dest.read_text())
+    return reports
+
+
+def row_of(report: dict, method: str) -> dict:
+    """The model row a method is tabulated from: the `NAME+tta` row for test-time search, else the only one."""
+    rows = report["models"]
+    return next(m for m in rows if m["name"].endswith("+tta")) if METHODS[method].tta else rows[0]
 
 
 def fmt(values: list[float], percent: bool) -> str:
@@ -114,24 +169,38 @@ def fmt(values: list[float], percent: bool) -> str:
     return f"{mean:.1f} ± {spread:.1f}" if percent else f"{mean:.3f} ± {spread:.3f}"
 
 
-def table(results: dict[str, list[dict]], args: argparse.Namespace) -> str:
-    """The Markdown table (mean ± sample std over seeds) with its caption."""
+def _span(pair: list[float]) -> str:
+    return "-".join(format(x, "g") for x in pair)
+
+
+def table(results: list[dict], config: dict, args: argparse.Namespace) -> str:
+    """The Markdown table (mean ± sample std over seeds) with its caption; ``config`` is the tree's settings."""
     head = "| method | seeds | " + " | ".join(c[0] for c in COLUMNS) + " |"
     lines = [head, "|---|---|" + "---:|" * len(COLUMNS)]
-    for method, runs in results.items():
+    for method in args.methods:
+        runs = [r for r in results if r["method"] == method]
         if not runs:
             continue
-        cells = [fmt([r[src].get(key) for r in runs], pct) for _, src, key, pct, _ in COLUMNS]
+        cells = [fmt([row_of(r[src], method)["metrics"].get(key) for r in runs], pct)
+                 for _, src, key, pct, _ in COLUMNS]
         used = ",".join(str(r["seed"]) for r in runs)
-        lines.append(f"| {METHODS[method][0]} | {used} | " + " | ".join(cells) + " |")
+        lines.append(f"| {METHODS[method].label} | {used} | " + " | ".join(cells) + " |")
     seeds = ",".join(str(s) for s in args.seeds)
     spread = ("mean ± sample std over the seeds listed (a single value: one seed, no spread)"
               if len(args.seeds) > 1 else f"one seed ({seeds}), so no spread")
+    train_range = config.get("train_scale_range") or config["scale_range"]
+    scales = (f"Digit scales {_span(config['scale_range'])}" if train_range == config["scale_range"] else
+              f"Digit scales {_span(train_range)} in training and validation, {_span(config['scale_range'])} in test")
+    protocol = "" if args.protocol == "default" else f" `{args.protocol}` protocol."
+    tta = f" Test-time scale search over {TTA_SCALES[args.protocol].replace(',', ', ')}." \
+        if "tta" in args.methods else ""
     caption = (f"`test_resnet` from scratch, {args.n_train} training composites, {args.epochs} epochs, {spread}; "
-               f"percentages except the invariance error (lower is better). Test split: {args.n_test} "
-               f"composites, 4 random warps each (scale range 0.75-1.33); zoom sweep: every digit at 0.6, 0.8, "
-               f"1, 1.25, 1.6, consistency against zoom 1. {args.threads} CPU threads. Reproduce: "
-               f"`python bench/digits_table.py --epochs {args.epochs} --seeds {seeds} --readme README.md`. "
+               f"percentages except the invariance error (lower is better).{protocol} {scales}. "
+               f"Test split: {args.n_test} composites, 4 random warps each (scale range 0.75-1.33); zoom sweep: "
+               f"every digit at {', '.join(format(z, 'g') for z in config['zoom'])}, consistency against "
+               f"zoom 1.{tta} {args.threads} CPU threads. Reproduce: `python bench/digits_table.py "
+               f"--epochs {args.epochs} --seeds {seeds}"
+               f"{'' if args.protocol == 'default' else ' --protocol ' + args.protocol} --readme README.md`. "
                f"For reference, the paper reports up to 96.09% accuracy for DEC on its own Locally Scaled "
                f"MNIST (as summarised at alphaxiv.org/overview/2508.14187); its per-method MNIST table was not "
                f"available to us offline, and its data and backbones differ from these, so the figures are not "
@@ -139,17 +208,28 @@ def table(results: dict[str, list[dict]], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n\n" + caption + "\n"
 
 
-def write_readme(readme: Path, text: str) -> None:
+def markers(protocol: str) -> tuple[str, str]:
+    """README markers of a protocol's table: `digits-table` for the default, `digits-table-wide` ..."""
+    name = "digits-table" if protocol == "default" else f"digits-table-{protocol}"
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def write_readme(readme: Path, text: str, protocol: str = "default") -> None:
+    """Replace the protocol's table in the README (a new one goes after the default table or the heading)."""
     content = readme.read_text(encoding="utf-8")
-    block = f"{START}\n{text}{END}"
-    if START in content and END in content:
-        before, rest = content.split(START, 1)
-        _, after = rest.split(END, 1)
+    start, end = markers(protocol)
+    block = f"{start}\n{text}{end}"
+    if start in content and end in content:
+        before, rest = content.split(start, 1)
+        _, after = rest.split(end, 1)
         content = before + block + after
+    elif markers("default")[1] in content:
+        after_default = markers("default")[1]
+        content = content.replace(after_default, after_default + "\n\n" + block, 1)
     else:
         marker = "## Benchmarks\n"
         if marker not in content:
-            sys.exit(f"error: {readme} has no '## Benchmarks' heading and no {START} marker")
+            sys.exit(f"error: {readme} has no '## Benchmarks' heading and no {start} marker")
         content = content.replace(marker, marker + "\n" + block + "\n", 1)
     tmp = readme.with_suffix(".md.tmp")
     tmp.write_text(content, encoding="utf-8")
@@ -160,45 +240,57 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
+    parser.add_argument("--methods", type=lambda s: s.split(","), default=["plain", "warp-aug", "inv-loss", "dec",
+                                                                           "tta", "dec-eq"],
+                        help=f"comma list of {', '.join(METHODS)}")
+    parser.add_argument("--source", type=Path, default=NPZ, help="MNIST-style .npz the tree is built from "
+                        "(default: the bundled digits)")
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="default",
+                        help="default: every split at 0.6-1.6; wide: train at 0.8-1.25, test at 0.4-2")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "table")
     parser.add_argument("--data", type=Path, default=None,
-                        help="an existing `dec digits` tree (default: build the demo's, seed 0)")
+                        help="an existing `dec digits` tree (default: build one from --source)")
     parser.add_argument("--n-train", type=int, default=3000, help="training composites of the built tree")
     parser.add_argument("--n-val", type=int, default=300)
     parser.add_argument("--n-test", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--readme", type=Path, default=None, help="write the table into this README")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="write a JSON list: one {method, seed, test, zoom} per run, with the dec evaluate reports")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: tabulate the finished runs in OUT (evaluating them if needed)")
     args = parser.parse_args()
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         sys.exit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if args.data is None and not args.source.is_file():
+        sys.exit(f"error: --source {args.source} is not a file")
+    args.prefix = "" if args.protocol == "default" else f"{args.protocol}-"
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    data = args.data or args.out / "digits"
-    if args.data is None and not (data / "digits.json").is_file():
-        run([sys.executable, "-m", "dec_cli", "digits", str(NPZ), str(data), "--seed", "0", "--overwrite",
-             "--n-train", str(args.n_train), "--n-val", str(args.n_val), "--n-test", str(args.n_test),
-             "--quiet"], args.out / "digits.log")
-    counts = json.loads((data / "digits.json").read_text())["counts"]
-    args.n_train, args.n_test = counts.get("train", args.n_train), counts["test"]
+    data = args.data or build_tree(args)
+    info = json.loads((data / "digits.json").read_text())
+    args.n_train, args.n_test = info["counts"].get("train", args.n_train), info["counts"]["test"]
     start = time.time()
-    results: dict[str, list[dict]] = {m: [] for m in args.methods}
+    results: list[dict] = []
     for seed in args.seeds:
         for method in args.methods:
-            if args.report_only and not (args.out / f"{method}-s{seed}" / "done").is_file():
+            trained = METHODS[method].model_of or method
+            if args.report_only and not (args.out / f"{args.prefix}{trained}-s{seed}" / "done").is_file():
                 continue
-            ckpt = train(method, seed, data, args.out, args)
-            results[method].append({"seed": seed, **evaluate(ckpt, data, args.out, f"{method}-s{seed}")})
+            ckpt = train(trained, seed, data, args.out, args)
+            tta = TTA_SCALES[args.protocol] if METHODS[method].tta else None
+            reports = evaluate(ckpt, data, args.out, f"{args.prefix}{method}-s{seed}", tta)
+            results.append({"method": method, "seed": seed, **reports})
             print(f"{method} seed {seed}: done ({(time.time() - start) / 60:.1f} min)", flush=True)
-    text = table(results, args)
-    (args.out / "table.md").write_text(text, encoding="utf-8")
-    (args.out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    text = table(results, info["config"], args)
+    (args.out / f"{args.prefix}table.md").write_text(text, encoding="utf-8")
+    for dest in (args.out / f"{args.prefix}results.json", args.json):
+        if dest is not None:
+            dest.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(text)
     if args.readme:
-        write_readme(args.readme, text)
+        write_readme(args.readme, text, args.protocol)
 
 
 if __name__ == "__main__":

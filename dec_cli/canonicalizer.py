@@ -81,13 +81,20 @@ def to_map(x: Tensor, layout: str, prefix_tokens: int = 0, grid_size: Optional[S
     raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
 
 
+def _update_size(tx: Tensor, ty: Tensor, prev_x: Tensor, prev_y: Tensor) -> Tensor:
+    """Per-sample size of one solver update, ``||theta_t - theta_{t-1}||`` over both axes' logits (B,)."""
+    return torch.cat([(tx - prev_x).flatten(1), (ty - prev_y).flatten(1)], dim=1).norm(dim=1)
+
+
 class DEC(nn.Module):
     """Latent deep equilibrium canonicalizer: features -> monotone warp (DESIGN section 2).
 
     ``forward(x, layout=..., prefix_tokens=..., grid_size=...)`` returns a
     :class:`~dec_cli.warp.Warp` batch. After each forward, ``residual`` holds the
     per-sample size of the last update ``||theta_T - theta_{T-1}||`` (detached,
-    shape (B,)) and ``logits`` the final ``(theta_x, theta_y)`` (detached).
+    shape (B,)) and ``logits`` the final ``(theta_x, theta_y)`` (detached). With
+    ``capture`` set (see :mod:`dec_cli.diagnostics`), ``residual_by_iter`` holds
+    the size of every update, (B, iters), the last column being ``residual``.
     """
 
     def __init__(self, in_channels: int, settings: Optional[DECSettings] = None, **overrides: Any):
@@ -105,6 +112,8 @@ class DEC(nn.Module):
         nn.init.zeros_(self.out.bias)
         self.residual: Optional[Tensor] = None
         self.logits: Optional[tuple[Tensor, Tensor]] = None
+        self.capture = False  # record residual_by_iter (diagnostics only; off in training)
+        self.residual_by_iter: Optional[Tensor] = None
         # Pinned logits replace the solver's output (diagnostics, tests, ablations).
         self.pinned: Optional[tuple[Tensor, Tensor]] = None
 
@@ -154,17 +163,22 @@ class DEC(nn.Module):
         ty = torch.zeros_like(tx)
         free = max(s.iters - s.grad_steps, 0)
         prev_x, prev_y = tx, ty
+        steps: list[Tensor] = []
         if free:
             with torch.no_grad():
                 zd = z.detach()
                 for _ in range(free):
                     prev_x, prev_y = tx, ty
                     tx, ty = self._step(zd, tx, ty)
+                    if self.capture:
+                        steps.append(_update_size(tx, ty, prev_x, prev_y))
         for _ in range(s.iters - free):
             prev_x, prev_y = tx.detach(), ty.detach()
             tx, ty = self._step(z, tx, ty)
-        diff = torch.cat([(tx - prev_x).flatten(1), (ty - prev_y).flatten(1)], dim=1)
-        self.residual = diff.detach().norm(dim=1)
+            if self.capture:
+                steps.append(_update_size(tx.detach(), ty.detach(), prev_x, prev_y))
+        self.residual = _update_size(tx.detach(), ty.detach(), prev_x, prev_y)
+        self.residual_by_iter = torch.stack(steps, dim=1) if self.capture else None
         self.logits = (tx.detach(), ty.detach())
         return tx, ty
 
@@ -176,6 +190,7 @@ class DEC(nn.Module):
             tx = tx.to(x.device, torch.float32).expand(b, -1, -1)  # (1 or B, R, G) -> (B, R, G)
             ty = ty.to(x.device, torch.float32).expand(b, -1, -1)
             self.residual = torch.zeros(b, device=x.device)
+            self.residual_by_iter = x.new_zeros(b, self.settings.iters, dtype=torch.float32) if self.capture else None
             self.logits = (tx, ty)
             return Warp.from_logits(tx, ty)
         z = self.project(x, layout, prefix_tokens, grid_size)

@@ -112,7 +112,11 @@ def digits_cmd(
     digits: int = typer.Option(2, "--digits", help="Digits per composite: 2 (side by side) or 3 (2 x 2 grid)."),
     cell: int = typer.Option(32, "--cell", metavar="PX", help="Cell side in pixels; the image is 2 cells wide."),
     scale_range: str = typer.Option("0.6,1.6", "--scale-range", metavar="LO,HI",
-                                    help="Range of each digit's own scale factor (log-uniform)."),
+                                    help="Range of each digit's own scale factor (log-uniform); with "
+                                         "--train-scale-range, of test/ only."),
+    train_scale_range: Optional[str] = typer.Option(None, "--train-scale-range", metavar="LO,HI",
+                                                    help="Scale range of train/ and val/ digits (default: "
+                                                         "--scale-range)."),
     zoom: str = typer.Option("0.6,0.8,1,1.25,1.6", "--zoom", metavar="Z1,Z2,...",
                              help="Factors of the test-zoom sweep (every digit at the factor)."),
     classes: int = typer.Option(20, "--classes", help="Number of digit combinations used as classes (2-100)."),
@@ -130,13 +134,16 @@ def digits_cmd(
     from dec_cli.errors import UsageError
     from dec_cli.warp import parse_scale_range
 
-    try:
-        lo_hi = parse_scale_range(scale_range)
-    except ValueError as exc:
-        raise UsageError(str(exc), "for example --scale-range 0.6,1.6") from None
+    ranges = {}
+    for option, text in (("--scale-range", scale_range), ("--train-scale-range", train_scale_range)):
+        try:
+            ranges[option] = None if text is None else parse_scale_range(text)
+        except ValueError as exc:
+            raise UsageError(f"{option}: {exc}", f"for example {option} 0.6,1.6") from None
     check_report_path(json_dest, "--json", files=[("SRC", src)])
     config = DigitsConfig(seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, digits=digits, cell=cell,
-                          scale_range=lo_hi, zoom=parse_zoom(zoom), classes=classes)
+                          scale_range=ranges["--scale-range"], zoom=parse_zoom(zoom), classes=classes,
+                          train_scale_range=ranges["--train-scale-range"])
     console = console_for(json_dest, quiet)
     with progress_bar(console, quiet) as bar:
         task = bar.add_task("composites", total=None)
@@ -186,6 +193,9 @@ def evaluate_cmd(
                                        help="Plot accuracy and consistency against zoom or warp strength."),
     fail_if: Optional[list[str]] = typer.Option(None, "--fail-if", metavar="EXPR",
                                                 help="Exit 1 when a rule holds, e.g. 'top1<0.70' (repeatable)."),
+    tta_scales: Optional[str] = typer.Option(None, "--tta-scales", metavar="S1,S2,...",
+                                             help="Also report each model with test-time scale search over these "
+                                                  "factors (row NAME+tta)."),
     limit: Optional[int] = typer.Option(None, "--limit", metavar="N", help="Evaluate the first N images only."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
@@ -205,9 +215,11 @@ def evaluate_cmd(
     from dec_cli.evaluate import EvalSettings, ModelSpec, evaluate
     from dec_cli.metrics import parse_fail_if
     from dec_cli.report import check_writable, failure_message, render_tables, write_outputs
+    from dec_cli.tta import parse_tta_scales
     from dec_cli.warp import parse_scale_range
 
     thresholds = [parse_fail_if(expr) for expr in (fail_if or [])]
+    tta = parse_tta_scales(tta_scales) if tta_scales is not None else ()
     try:
         lo_hi = parse_scale_range(scale_range)
     except ValueError as exc:
@@ -248,7 +260,7 @@ def evaluate_cmd(
     specs = [ModelSpec(m, weights=given.get(m) if m in names else None, pretrained=pretrained) for m in models]
     settings = EvalSettings(warps=warps, scale_range=lo_hi, grid=grid, rows=rows, seed=seed, img_size=img_size,
                             limit=limit, batch_size=batch_size, workers=workers, device=device, amp=amp,
-                            compile=compile_, class_map=class_map, no_labels=no_labels)
+                            compile=compile_, class_map=class_map, no_labels=no_labels, tta_scales=tta)
     with D.process_group(device) as info:
         quiet_here = quiet or not info.is_main
         console = console_for(json_dest, quiet_here)

@@ -61,6 +61,8 @@ class DigitsConfig:
     scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE
     zoom: tuple[float, ...] = DEFAULT_ZOOM
     classes: int = 20
+    #: Scale range of ``train/`` and ``val/`` digits; None: ``scale_range`` for every split.
+    train_scale_range: Optional[tuple[float, float]] = None
 
     def counts(self) -> dict[str, int]:
         return {"train": self.n_train, "val": self.n_val, "test": self.n_test}
@@ -69,6 +71,12 @@ class DigitsConfig:
     def canvas(self) -> int:
         """Side of the square composite in pixels."""
         return grid_shape(self.digits)[1] * self.cell
+
+    def split_scale_range(self, split: str) -> tuple[float, float]:
+        """The scale range that ``split``'s digits are drawn from."""
+        if split in ("train", "val") and self.train_scale_range is not None:
+            return self.train_scale_range
+        return self.scale_range
 
 
 @dataclass
@@ -257,7 +265,7 @@ def plan_split(split: str, n: int, pool: dict[int, np.ndarray], classes: list[tu
             queues[value] = [int(i) for i in rng.permutation(pool[value])]
         return queues[value].pop()
 
-    lo, hi = config.scale_range
+    lo, hi = config.split_scale_range(split)
     width = len(str(max(n - 1, 0)))
     out = []
     for j, k in enumerate(order):
@@ -290,10 +298,13 @@ def check_config(config: DigitsConfig) -> None:
         raise UsageError(f"--digits must be 2 or 3; got {config.digits}")
     if not 8 <= config.cell <= 512:
         raise UsageError(f"--cell must be between 8 and 512 pixels; got {config.cell}")
-    try:
-        check_scale_range(config.scale_range)
-    except ValueError as exc:
-        raise UsageError(f"--scale-range: {exc}") from None
+    for option, span in (("--scale-range", config.scale_range), ("--train-scale-range", config.train_scale_range)):
+        if span is None:
+            continue
+        try:
+            check_scale_range(span)
+        except ValueError as exc:
+            raise UsageError(f"{option}: {exc}") from None
     if not config.zoom:
         raise UsageError("--zoom needs at least one factor")
     for z in config.zoom:
@@ -414,6 +425,11 @@ def config_json(config: DigitsConfig) -> dict:
     data = asdict(config)
     data["scale_range"] = list(config.scale_range)
     data["zoom"] = list(config.zoom)
+    # Absent rather than null when unset, so a default build stays byte-identical to earlier versions.
+    if config.train_scale_range is None:
+        del data["train_scale_range"]
+    else:
+        data["train_scale_range"] = list(config.train_scale_range)
     return data
 
 

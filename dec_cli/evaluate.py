@@ -11,7 +11,8 @@ aggregated in image order, so the report equals the single-process one.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -24,8 +25,11 @@ from dec_cli import distributed as D
 from dec_cli.data import ImageDataset, ImageFolderData, collate_skip, data_config, eval_transform, scan_image_folder
 from dec_cli.data import class_to_output
 from dec_cli.errors import UsageError
+from dec_cli.diagnostics import Probe, capture, dec_blocks, summarize_dec
 from dec_cli.memory import EVAL_ACTIVATIONS, check_batch_fits
-from dec_cli.metrics import LABEL_METRICS, Threshold, batch_records, concat_records, summarize, warp_strength
+from dec_cli.metrics import (LABEL_METRICS, Threshold, batch_records, concat_records, sort_records, summarize,
+                             warp_strength)
+from dec_cli.tta import ScaleSearch, check_tta_scales
 from dec_cli.warp import (DEFAULT_SCALE_RANGE, Warp, apply_warp, check_grid_rows, check_scale_range, key_seed,
                           random_warp)
 
@@ -53,6 +57,7 @@ class EvalSettings:
     compile: bool = False
     class_map: Optional[str] = None
     no_labels: bool = False  # compare with the model's own clean predictions even on a labelled tree
+    tta_scales: tuple[float, ...] = ()  # non-empty: also report NAME+tta (dec_cli.tta.ScaleSearch)
 
 
 @dataclass
@@ -80,6 +85,7 @@ class ModelResult:
     per_strength: list[dict[str, Any]]
     timing: dict[str, Any]
     weights_conversion: Optional[dict[str, Any]] = None  # --weights renamed from a foreign key layout
+    dec_modules: list[dict[str, Any]] = field(default_factory=list)  # dec_cli.diagnostics.summarize_dec
 
 
 @dataclass
@@ -198,6 +204,8 @@ def check_settings(settings: EvalSettings) -> None:
         raise UsageError(f"--workers must be 0 or more; got {settings.workers}")
     if settings.limit is not None and settings.limit < 1:
         raise UsageError(f"--limit must be positive; got {settings.limit}")
+    if settings.tta_scales:
+        check_tta_scales(settings.tta_scales)
     try:
         check_scale_range(settings.scale_range)
     except ValueError as exc:
@@ -212,7 +220,8 @@ def check_thresholds_available(thresholds: Sequence[Threshold], *, warps: int, z
             raise UsageError(f"--fail-if {t.expr!r}: {t.metric} needs labels but this run has none "
                              "(no class folders, or --no-labels)",
                              "gate on consistency, inv_error, zoom_consistency_min or flip_rate instead")
-        if t.metric in ("warped_top1", "warped_top5", "inv_error", "sym_kl", "consistency") and warps == 0:
+        if t.metric in ("warped_top1", "warped_top5", "inv_error", "sym_kl", "consistency", "canon_error") \
+                and warps == 0:
             raise UsageError(f"--fail-if {t.expr!r}: {t.metric} needs random warps but --warps is 0",
                              "pass --warps K with K > 0"
                              + (", or use zoom_top1_min / zoom_consistency_min on a zoom sweep" if zoom_sweep else ""))
@@ -239,6 +248,8 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
     zooms = [s.zoom for s in data.samples]
     sources = [s.source for s in data.samples]
     strength_max = max(1.0 / settings.scale_range[0], settings.scale_range[1])
+    summarize_run = partial(summarize, zooms=zooms if data.zoom_sweep else None, sources=sources,
+                            strength_max=strength_max, labels=data.labels)
     warp_cache: dict[str, Warp] = {}
     results: list[ModelResult] = []
     unreadable: dict[int, str] = {}
@@ -253,10 +264,12 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
         check_batch_fits(settings.batch_size, cfg["input_size"], dist_info.device, tensors=2 + k + EVAL_ACTIVATIONS)
         transform = eval_transform(model, settings.img_size)
         decs = _dec_modules(model, info)
+        blocks = dec_blocks(model) if decs else []
         runner = torch.compile(model, mode="reduce-overhead" if dist_info.device.type == "cuda" else "default") \
             if settings.compile else model
         records, errors, timing = _run_model(runner, decs, data, mapping, transform, k, settings, dist_info,
-                                             warp_cache, lambda done, total, _n=name: progress and progress(_n, done, total))
+                                             warp_cache, lambda done, total, _n=name: progress and progress(_n, done, total),
+                                             blocks=[b for _, b in blocks])
         for idx, reason in errors:
             unreadable.setdefault(idx, reason)
         if len(unreadable) == len(data.samples):
@@ -264,14 +277,24 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
             raise UsageError(f"none of the {len(unreadable)} images in {data_dir} could be read "
                              f"(first: {first}: {unreadable[min(unreadable)]})",
                              "check the files are images Pillow can open")
-        summary = summarize(records, zooms=zooms if data.zoom_sweep else None, sources=sources,
-                            strength_max=strength_max, labels=data.labels)
+        summary = summarize_run(records)
+        canon_error, modules = summarize_dec(sort_records(records), [p for p, _ in blocks]) if blocks else (None, [])
         results.append(ModelResult(
             name=name, source=spec.source, model_name=str(info["model_name"]), dec=bool(info.get("dec")),
             num_classes=int(info["num_classes"]), class_mapping=how, input_size=list(cfg["input_size"]),
-            metrics=summary["metrics"], per_zoom=summary["per_zoom"], per_strength=summary["per_strength"],
-            timing=timing, weights_conversion=info.get("weights_conversion"),
+            metrics={**summary["metrics"], "canon_error": canon_error}, per_zoom=summary["per_zoom"],
+            per_strength=summary["per_strength"], timing=timing, weights_conversion=info.get("weights_conversion"),
+            dec_modules=modules,
         ))
+        if settings.tta_scales:
+            tta_name = f"{name}+tta"
+            records, _, timing = _run_model(ScaleSearch(runner, settings.tta_scales), [], data, mapping, transform,
+                                            k, settings, dist_info, warp_cache,
+                                            lambda done, total: progress and progress(tta_name, done, total))
+            summary = summarize_run(records)
+            results.append(replace(results[-1], name=tta_name, metrics={**summary["metrics"], "canon_error": None},
+                                   per_zoom=summary["per_zoom"], per_strength=summary["per_strength"], timing=timing,
+                                   dec_modules=[]))
         del model, runner
     bad = [{"path": data.samples[i].rel, "reason": unreadable[i]} for i in sorted(unreadable)]
     found = len(data.samples) + len(data.unreadable)  # the scan's bad entries (FIFOs, locked folders) count too
@@ -285,13 +308,14 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
         settings={
             "warps": k, "scale_range": list(settings.scale_range), "grid": settings.grid, "rows": settings.rows,
             "seed": settings.seed, "img_size": settings.img_size, "limit": settings.limit, "amp": settings.amp,
+            "tta_scales": list(settings.tta_scales) or None,
         },
         models=results,
         unreadable=bad,
     )
     for t in thresholds:
-        if t.metric.startswith("residual_") and not any(m.dec for m in results):
-            raise UsageError(f"--fail-if {t.expr!r}: no model has DEC modules, so there is no solver residual",
+        if (t.metric.startswith("residual_") or t.metric == "canon_error") and not any(m.dec for m in results):
+            raise UsageError(f"--fail-if {t.expr!r}: no model has DEC modules, so there is no {t.metric}",
                              "drop the rule or evaluate a DEC checkpoint (the rule applies to DEC models only)")
     report.fail_if = check_thresholds(report, thresholds)
     return report
@@ -341,8 +365,12 @@ def _sync(device: torch.device) -> None:
 
 
 def _run_model(model, decs, data: ImageFolderData, mapping, transform, k: int, settings: EvalSettings,
-               dist_info: D.DistInfo, warp_cache: dict[str, Warp], progress: Callable[[int, int], Any]):
-    """Evaluate one model on this rank's shard; returns gathered records, unreadable files, timing."""
+               dist_info: D.DistInfo, warp_cache: dict[str, Warp], progress: Callable[[int, int], Any],
+               blocks: Sequence[torch.nn.Module] = ()):
+    """Evaluate one model on this rank's shard; returns gathered records, unreadable files, timing.
+
+    ``blocks``: the model's DEC blocks, whose canonicalization diagnostics are recorded per image.
+    """
     device = dist_info.device
     dataset = ImageDataset(data.samples, transform, mapping)
     loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=D.eval_sampler(dataset),
@@ -353,7 +381,8 @@ def _run_model(model, decs, data: ImageFolderData, mapping, transform, k: int, s
     parts: list[dict[str, np.ndarray]] = []
     errors: list[tuple[int, str]] = []
     times: list[tuple[float, int]] = []
-    with torch.inference_mode():
+    probe = Probe(blocks, k) if blocks else None
+    with torch.inference_mode(), capture(blocks):
         for batch in loader:
             errors.extend(batch.errors)
             done_local += len(batch.indices) + len(batch.errors)
@@ -367,6 +396,8 @@ def _run_model(model, decs, data: ImageFolderData, mapping, transform, k: int, s
             clean = _forward(model, x, settings.amp)
             _sync(device)
             times.append((time.perf_counter() - t0, b))
+            if probe:
+                probe.clean()
             res = [_residuals(decs, b)] if decs else []
             warped = strength = None
             if k:
@@ -377,12 +408,16 @@ def _run_model(model, decs, data: ImageFolderData, mapping, transform, k: int, s
                 chunks = []
                 for start in range(0, b * k, settings.batch_size):
                     chunks.append(_forward(model, xw[start:start + settings.batch_size], settings.amp))
+                    if probe:
+                        probe.warped(start)
                     if decs:
                         r = _residuals(decs, chunks[-1].shape[0])
                         res.append(None if r is None else r)
                 warped = torch.cat(chunks).view(b, k, -1)
             rec = batch_records(clean, batch.labels, warped, strength)
             rec["index"] = batch.indices.numpy().astype(np.int64)
+            if probe:
+                rec.update(probe.records())
             if decs and all(r is not None for r in res):
                 clean_res = res[0]  # (b, M)
                 per_image = [clean_res]

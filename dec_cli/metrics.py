@@ -272,6 +272,7 @@ FAIL_METRICS = {
     "flip_rate": "probability that top-1 changes between adjacent zoom factors (zoom sweeps)",
     "residual_mean": "mean DEC solver residual (DEC models)",
     "residual_max": "largest DEC solver residual (DEC models)",
+    "canon_error": "canonicalized / received feature distance of an image and its warp (DEC models)",
     "unreadable": "number of unreadable images skipped",
 }
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,

@@ -7,19 +7,21 @@ JSON schema (``schema_version`` 1; keys are only ever added, never renamed):
   accuracy is then null), ``classes``, ``images`` (after ``--limit``), ``evaluated``,
   ``unreadable`` (count), ``zoom_sweep`` (bool), ``zooms`` (sorted factors);
 - ``settings``: ``warps``, ``scale_range``, ``grid``, ``rows``, ``seed``,
-  ``img_size``, ``limit``, ``amp``;
-- ``models``: one object per MODEL, in command-line order: ``name``, ``source``,
+  ``img_size``, ``limit``, ``amp``, ``tta_scales`` (null without ``--tta-scales``);
+- ``models``: one object per MODEL, in command-line order (each followed by its
+  ``NAME+tta`` row under ``--tta-scales``): ``name``, ``source``,
   ``model_name``, ``dec``, ``num_classes``, ``class_mapping`` (null without
   labels), ``input_size``,
   ``metrics`` {``images``, ``top1``, ``top5``, ``pairs``, ``warped_top1``,
   ``warped_top5``, ``inv_error``, ``sym_kl``, ``consistency``,
   ``zoom_top1_min``, ``zoom_consistency_min``, ``flip_rate``, ``residual_mean``,
-  ``residual_max``} (null when not computed; identical across runs for a
+  ``residual_max``, ``canon_error``} (null when not computed; identical across runs for a
   fixed seed), ``per_zoom`` [{``zoom``, ``images``, ``top1``, ``top5``,
   ``consistency``, ``groups``}], ``per_strength`` [{``strength_lo``,
   ``strength_hi``, ``pairs``, ``top1``, ``consistency``}], ``timing``
   {``latency_ms``, ``images_per_s``, ``device``, ``world_size``, ``amp``,
-  ``compile``} (machine-dependent);
+  ``compile``} (machine-dependent), ``dec_modules`` [{``path``, ``canon_error``,
+  ``residual_by_iter``}] (empty for plain models and ``+tta`` rows);
 - ``unreadable``: [{``path``, ``reason``}] skipped files;
 - ``fail_if``: [{``expr``, ``model``, ``metric``, ``value``, ``violated``}].
 """
@@ -33,6 +35,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dec_cli.diagnostics import module_rows
 from dec_cli.display import printable
 from dec_cli.files import atomic_path, write_text_atomic
 
@@ -41,6 +44,7 @@ SUMMARY_COLUMNS = [
     ("sym_kl", "sym. KL"), ("consistency", "consistency"), ("zoom_top1_min", "min zoom top-1"),
     ("zoom_consistency_min", "min zoom consist."), ("flip_rate", "flip rate"),
     ("residual_mean", "DEC residual mean"), ("residual_max", "DEC residual max"),
+    ("canon_error", "DEC canon. error"),
 ]
 _PERCENT = {"top1", "top5", "warped_top1", "consistency", "zoom_top1_min", "zoom_consistency_min", "flip_rate"}
 NO_LABELS = "no labels (metrics compare each model with itself)"
@@ -129,7 +133,8 @@ def render_tables(report, console: Console, *, max_unreadable: int = 10) -> None
     for title, (header, rows) in [("Summary", _summary_rows(report)),
                                   ("Per zoom factor (consistency against zoom 1)" if d["zoom_sweep"]
                                    else "Per warp strength", _zoom_rows(report) if d["zoom_sweep"]
-                                   else _strength_rows(report))]:
+                                   else _strength_rows(report)),
+                                  ("DEC modules", module_rows(report))]:
         if not rows:
             continue
         table = Table(title=title, title_justify="left")
@@ -161,6 +166,7 @@ def to_markdown(report) -> str:
     sections = [("Summary", _summary_rows(report))]
     sections.append(("Per zoom factor", _zoom_rows(report)) if d["zoom_sweep"]
                     else ("Per warp strength", _strength_rows(report)))
+    sections.append(("DEC modules", module_rows(report)))
     for title, (header, rows) in sections:
         if not rows:
             continue

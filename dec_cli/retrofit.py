@@ -22,7 +22,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 from torch import Tensor, nn
 
 from dec_cli.autorecipe import AUTO, auto_recipe
-from dec_cli.canonicalizer import DEC, LAYOUTS, DECSettings
+from dec_cli.canonicalizer import DEC, LAYOUTS, DECSettings, to_map
 from dec_cli.errors import UsageError
 from dec_cli.probe import probe_inputs
 from dec_cli.warp import apply_warp
@@ -188,6 +188,10 @@ class DECBlock(nn.Module):
         # Not a submodule: the patch embedding belongs to the backbone.
         self._patch_embed = [patch_embed] if patch_embed is not None else []
         self.image_size: Optional[tuple[int, int]] = None
+        # Diagnostics (dec_cli.diagnostics): with capture set, ``captured`` holds the spatial feature
+        # maps received and handed to the block, flattened per sample (prefix tokens left out).
+        self.capture = False
+        self.captured: Optional[tuple[Tensor, Tensor]] = None
 
     def extra_repr(self) -> str:
         return f"layout={self.layout}, mode={self.mode}, prefix_tokens={self.prefix_tokens}"
@@ -218,11 +222,17 @@ class DECBlock(nn.Module):
         raise ValueError(f"cannot fold {patches} patch tokens into a grid; use a square input or a "
                          f"model with dynamic_img_size")
 
+    def _flat_map(self, x: Tensor, grid: Optional[tuple[int, int]]) -> Tensor:
+        """A detached float copy of the spatial feature map of ``x``, one row per sample."""
+        return to_map(x, self.layout, self.prefix_tokens, grid).detach().float().flatten(1).clone()
+
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         grid = self.token_grid(x.shape[1]) if self.layout == "tokens" else None
         kw = dict(layout=self.layout, prefix_tokens=self.prefix_tokens, grid_size=grid)
         warp = self.dec(x, **kw)
         canon = apply_warp(x, warp, inverse=True, **kw).to(x.dtype)
+        if self.capture:
+            self.captured = (self._flat_map(x, grid), self._flat_map(canon, grid))
         out = self.block(canon, *args, **kwargs)
         if self.mode == "equivariant":
             if self.layout == "tokens" and out.shape[1] != x.shape[1]:

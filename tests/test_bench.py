@@ -28,3 +28,42 @@ def test_warp_folder_bench_reports_its_figures(tmp_path):
         assert cost["png_files"] == 3 and cost["encode_ms"] > 0 and cost["kB"] > 0
     assert 0 < results["dec_vs_pillow"] and 0 < results["dec_vs_pillow_median_round"]
     assert "dec warp / pillow" in proc.stdout and "re-encoding" in proc.stdout
+
+
+def test_digits_table_runs_on_a_tiny_wide_benchmark(tmp_path):
+    """`bench/digits_table.py` on a tiny tree (1 epoch, 1 seed): the --json list and its dec evaluate reports."""
+    out, dest = tmp_path / "table", tmp_path / "runs.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "digits_table.py"), "--out", str(out), "--protocol", "wide",
+           "--source", str(ROOT / "dec_cli" / "data" / "mnist-8k.npz"), "--methods", "dec,tta", "--seeds", "0",
+           "--epochs", "1", "--n-train", "40", "--n-val", "20", "--n-test", "6", "--threads", "1",
+           "--json", str(dest)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    runs = json.loads(dest.read_text())
+    assert [(r["method"], r["seed"]) for r in runs] == [("dec", 0), ("tta", 0)]
+    for r in runs:
+        assert set(r) == {"method", "seed", "test", "zoom"}
+        assert r["test"]["schema_version"] == 1 and r["test"]["data"]["images"] == 6
+        assert r["zoom"]["data"]["zooms"] == [0.4, 0.6, 0.8, 1.0, 1.25, 1.6, 2.0]  # the wide protocol's sweep
+    dec, tta = runs
+    assert [m["name"] for m in dec["test"]["models"]] == ["best"]
+    assert dec["test"]["models"][0]["metrics"]["canon_error"] is not None
+    assert [m["path"] for m in dec["test"]["models"][0]["dec_modules"]] == ["layer2"]
+    assert [m["name"] for m in tta["zoom"]["models"]] == ["best", "best+tta"]  # the warp-aug model, searched
+    assert tta["zoom"]["settings"]["tta_scales"] == [0.5, 0.63, 0.8, 1.0, 1.25, 1.6, 2.0]
+    config = json.loads((out / "digits-wide" / "digits.json").read_text())["config"]
+    assert config["train_scale_range"] == [0.8, 1.25] and config["scale_range"] == [0.4, 2.0]
+    table = (out / "wide-table.md").read_text()
+    assert "| DEC (+ warp augmentation) | 0 |" in table and "| test-time scale search" in table
+    # A second run reuses the finished runs and reports.
+    best = out / "wide-warp-aug-s0" / "best.safetensors"
+    stamp = best.stat().st_mtime_ns
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert best.stat().st_mtime_ns == stamp and json.loads(dest.read_text()) == runs
+
+
+def test_digits_table_rejects_unknown_methods(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "digits_table.py"), "--out", str(tmp_path),
+                           "--methods", "plain,aug"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "unknown method(s) aug" in proc.stderr

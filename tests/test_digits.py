@@ -169,6 +169,47 @@ def test_test_split_alone_equals_full_build(tmp_path, bench):
             assert full[rel] == data
 
 
+def test_train_scale_range_per_split(tmp_path, run_dec):
+    """The wide protocol: train/ and val/ from --train-scale-range, test/ from --scale-range, test-zoom/ from --zoom."""
+    args = ["--seed", "3", "--quiet", "--n-train", "200", "--n-val", "40", "--n-test", "40",
+            "--scale-range", "0.4,2", "--train-scale-range", "0.8,1.25", "--zoom", "0.4,1,2"]
+    root = tmp_path / "wide"
+    assert run_dec("digits", NPZ, root, *args).code == 0
+    records = read_composites(root)
+    by_split = {s: np.array([r["scales"] for r in records if r["split"] == s]) for s in ("train", "val", "test")}
+    assert by_split["train"].shape == (200, 2) and by_split["test"].shape == (40, 2)
+    for split in ("train", "val"):
+        assert by_split[split].min() >= 0.8 and by_split[split].max() <= 1.25
+    test = by_split["test"]
+    assert test.min() >= 0.4 and test.max() <= 2.0
+    assert test.min() < 0.6 and test.max() > 1.5  # the test range is used beyond the training range
+    lines = [json.loads(x) for x in (root / "test-zoom" / "manifest.jsonl").read_text().splitlines()]
+    assert sorted({e["zoom"] for e in lines}) == [0.4, 1.0, 2.0]
+    config = json.loads((root / "digits.json").read_text())["config"]
+    assert config["scale_range"] == [0.4, 2.0] and config["train_scale_range"] == [0.8, 1.25]
+    again = tmp_path / "again"
+    assert run_dec("digits", NPZ, again, *args).code == 0
+    assert _tree_bytes(again) == _tree_bytes(root)
+
+
+def test_train_scale_range_leaves_defaults_and_test_split_alone(tmp_path, bench, run_dec):
+    """Without the option nothing changes; with it, test/ and test-zoom/ stay those of the plain build."""
+    assert "train_scale_range" not in json.loads((bench / "digits.json").read_text())["config"]
+    plain = _tree_bytes(bench)
+    same = tmp_path / "same"
+    assert run_dec("digits", NPZ, same, "--seed", "3", "--quiet", "--train-scale-range", "0.6,1.6", *SMALL).code == 0
+    # The same range given explicitly draws the same scales: every file but the settings is identical.
+    assert {k: v for k, v in _tree_bytes(same).items() if k != "digits.json"} == \
+        {k: v for k, v in plain.items() if k != "digits.json"}
+    narrow = tmp_path / "narrow"
+    assert run_dec("digits", NPZ, narrow, "--seed", "3", "--quiet", "--train-scale-range", "0.9,1.1", *SMALL).code == 0
+    other = _tree_bytes(narrow)
+    for rel, data in plain.items():
+        if rel.startswith(("test/", "test-zoom/")):
+            assert other[rel] == data, rel
+    assert any(other[rel] != data for rel, data in plain.items() if rel.startswith("train/"))
+
+
 def test_three_digits(tmp_path, run_dec):
     root = tmp_path / "d3"
     assert run_dec("digits", NPZ, root, "--digits", "3", "--cell", "24", "--quiet", *SMALL).code == 0
@@ -220,6 +261,8 @@ def test_not_an_npz(tmp_path, run_dec):
 @pytest.mark.parametrize("args, message", [
     (["--digits", "4"], "--digits must be 2 or 3"),
     (["--scale-range", "1.2,2"], "scale range"),
+    (["--train-scale-range", "1.2,2"], "--train-scale-range"),
+    (["--train-scale-range", "0.8"], "--train-scale-range"),
     (["--classes", "101"], "--classes"),
     (["--n-test", "0"], "--n-test"),
     (["--zoom", "1,x"], "--zoom"),

@@ -167,14 +167,16 @@ def test_json_schema_and_unreadable_files(run_dec, assets):
     assert doc["data"] == {"root": str(assets["tree"]), "labels": True, "classes": 3, "images": 10,
                            "evaluated": 9, "unreadable": 1, "zoom_sweep": False, "zooms": []}
     assert [b["path"] for b in doc["unreadable"]] == ["square/broken.png"] and doc["unreadable"][0]["reason"]
-    assert set(doc["settings"]) == {"warps", "scale_range", "grid", "rows", "seed", "img_size", "limit", "amp"}
+    assert set(doc["settings"]) == {"warps", "scale_range", "grid", "rows", "seed", "img_size", "limit", "amp",
+                                   "tta_scales"}
+    assert doc["settings"]["tta_scales"] is None
     model = doc["models"][0]
     assert set(model) == {"name", "source", "model_name", "dec", "num_classes", "class_mapping", "input_size",
-                          "metrics", "per_zoom", "per_strength", "timing", "weights_conversion"}
+                          "metrics", "per_zoom", "per_strength", "timing", "weights_conversion", "dec_modules"}
     assert model["weights_conversion"] is None  # timm's own keys: nothing renamed
     assert set(model["metrics"]) == {"images", "top1", "top5", "pairs", "warped_top1", "warped_top5", "inv_error",
                                      "sym_kl", "consistency", "zoom_top1_min", "zoom_consistency_min",
-                                     "flip_rate", "residual_mean", "residual_max"}
+                                     "flip_rate", "residual_mean", "residual_max", "canon_error"}
     assert model["metrics"]["flip_rate"] is None  # no zoom sweep
     assert model["input_size"] == [3, 32, 32] and model["class_mapping"] == "sorted-folders"
     assert sum(b["pairs"] for b in model["per_strength"]) == 9
