@@ -343,9 +343,13 @@ def build_digits(source: str | os.PathLike, dst: str | os.PathLike, config: Digi
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
         raise UsageError(f"destination {dst} exists and is not a folder")
-    if dst.exists() and any(dst.iterdir()) and not overwrite:
-        raise UsageError(f"destination {dst} already exists and is not empty",
-                         "pass --overwrite to replace it, or choose another folder")
+    if dst.exists() and any(dst.iterdir()):
+        if not overwrite:
+            raise UsageError(f"destination {dst} already exists and is not empty",
+                             "pass --overwrite to replace it, or choose another folder")
+        if not (dst / INFO_FILE).is_file():  # --overwrite replaces the whole folder: only one dec digits built
+            raise UsageError(f"destination {dst} holds files but no {INFO_FILE}: it is not a tree 'dec digits' "
+                             "built, so --overwrite will not replace it", "choose another folder, or empty it first")
     images, labels, digest = load_source(source)
     classes = class_set(config.digits, config.classes)
     pools = partition(labels, config)

@@ -280,8 +280,15 @@ def test_existing_destination_needs_overwrite(tmp_path, run_dec):
     result = run_dec("digits", NPZ, out, "--quiet", *SMALL)
     _one_line_error(result)
     assert (out / "keep.txt").read_text() == "mine"
+    # --overwrite replaces the whole folder, so only a tree `dec digits` built (it has digits.json)
+    result = run_dec("digits", NPZ, out, "--quiet", "--overwrite", *SMALL)
+    _one_line_error(result)
+    assert "not a tree 'dec digits' built" in result.err and (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert run_dec("digits", NPZ, out, "--quiet", *SMALL).code == 0
+    (out / "train" / "stray.txt").write_text("x")
     assert run_dec("digits", NPZ, out, "--quiet", "--overwrite", *SMALL).code == 0
-    assert not (out / "keep.txt").exists() and (out / "test-zoom" / "manifest.jsonl").is_file()
+    assert not (out / "train" / "stray.txt").exists() and (out / "test-zoom" / "manifest.jsonl").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary trees left
 
 
