@@ -38,7 +38,6 @@ from dec_cli.treescan import TreeScan, walk_tree
 from dec_cli.warp import (DEFAULT_SCALE_RANGE, SCALE_LIMITS, Warp, apply_warp, check_grid_rows, check_scale_range,
                           keyed_warp, zoom_warp)
 
-MANIFEST = MANIFEST_NAME  # its format and reader live in dec_cli.manifest
 JOB_FILE = ".dec-warp-job.json"
 UNWARP_JOB_FILE = ".dec-unwarp-job.json"
 MASKS_DIR = "masks"
@@ -530,10 +529,18 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
     names = [name for _, outs, mask_rel in plan for o in outs for name in (o.dst, mask_output(o, mask_rel)) if name]
     check_report_path(json_path, "--json", trees=[("SRC", src_p), ("--masks", masks),
                                                   ("DST/masks", dst_p / MASKS_DIR if masks is not None else None)],
-                      files=[("DST", dst_p)], root=dst_p, names={*names, MANIFEST, JOB_FILE, LOCK_FILE})
+                      files=[("DST", dst_p)], root=dst_p, names={*names, MANIFEST_NAME, JOB_FILE, LOCK_FILE})
     with job_lock(dst_p, f"dec warp {src_p} {dst_p}"):
         return _warp_locked(src_p, dst_p, plan, scan_bad, names, settings, masks, box_map,
                             max(1, min(workers, len(plan))), overwrite, resume, on_start, on_progress)
+
+
+def _existing_outputs(dst_p: Path, names: Sequence[str]) -> list[str]:
+    """The planned outputs already in DST; `UsageError` if any of them is not a dec job's recorded output."""
+    existing = [name for name in names if (dst_p / name).exists()]
+    if existing:
+        check_own_outputs(dst_p, existing, recorded_outputs(dst_p, [MANIFEST_NAME], [JOB_FILE, UNWARP_JOB_FILE]))
+    return existing
 
 
 def _warp_locked(src_p: Path, dst_p: Path, plan: list[tuple[str, list[Output], str | None]],
@@ -545,9 +552,7 @@ def _warp_locked(src_p: Path, dst_p: Path, plan: list[tuple[str, list[Output], s
     job = {"settings": asdict(settings), "masks": masks is not None, **({} if box_map is None else {"boxes": True})}
     job = json.loads(json.dumps(job))  # tuples -> lists, as stored on disk
     job_file = dst_p / JOB_FILE
-    existing = [name for name in names if (dst_p / name).exists()]
-    if existing:
-        check_own_outputs(dst_p, existing, recorded_outputs(dst_p, [MANIFEST], [JOB_FILE, UNWARP_JOB_FILE]))
+    existing = _existing_outputs(dst_p, names)
     if resume:
         if job_file.exists():
             previous = json.loads(job_file.read_text(encoding="utf-8"))
@@ -555,7 +560,7 @@ def _warp_locked(src_p: Path, dst_p: Path, plan: list[tuple[str, list[Output], s
                 raise UsageError(f"DST {dst_p} was made with different settings than these",
                                  "rerun with the original options, or use --overwrite")
     elif not overwrite:
-        if existing or (dst_p / MANIFEST).exists():
+        if existing or (dst_p / MANIFEST_NAME).exists():
             raise UsageError(
                 f"DST {dst_p} already holds outputs of a warp job ({len(existing)} of {len(names)} files exist)",
                 "pass --resume to finish an interrupted job or --overwrite to replace them")
@@ -572,7 +577,7 @@ def _warp_locked(src_p: Path, dst_p: Path, plan: list[tuple[str, list[Output], s
     results = _run_tasks(_warp_file, ctx, plan, workers, on_progress)
     summary.bad.extend(scan_bad)
     records = _collect(summary, results)
-    manifest = dst_p / MANIFEST
+    manifest = dst_p / MANIFEST_NAME
     write_text_atomic(manifest, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
     summary.manifest = str(manifest)
     summary.seconds = time.perf_counter() - start
@@ -593,7 +598,7 @@ def run_unwarp(src: str | os.PathLike, dst: str | os.PathLike, manifest: str | o
         raise UsageError(f"--workers must be >= 1; got {workers}")
     src_p, dst_p = Path(src), Path(dst)
     check_tree_paths(src_p, dst_p)
-    manifest_p = Path(manifest) if manifest is not None else src_p / MANIFEST
+    manifest_p = Path(manifest) if manifest is not None else src_p / MANIFEST_NAME
     found = read_manifest(manifest_p, roots=(src_p, dst_p), warps=True)
     names = [r["dst"] for r in found.records]
     check_report_path(json_path, "--json", trees=[("SRC", src_p)], files=[("--manifest", manifest_p), ("DST", dst_p)],
@@ -608,9 +613,7 @@ def _unwarp_locked(src_p: Path, dst_p: Path, found: Manifest, names: list[str], 
                    on_progress: Callable[[int], None] | None) -> JobSummary:
     """The part of `run_unwarp` that runs under DST's lock."""
     records = found.records
-    existing = [name for name in names if (dst_p / name).exists()]
-    if existing:
-        check_own_outputs(dst_p, existing, recorded_outputs(dst_p, [MANIFEST], [JOB_FILE, UNWARP_JOB_FILE]))
+    existing = _existing_outputs(dst_p, names)
     if not overwrite and not resume:
         if existing:
             raise UsageError(f"DST {dst_p} already holds {len(existing)} of the {len(records)} outputs",

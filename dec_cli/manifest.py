@@ -14,7 +14,7 @@ a hand edit), so nothing in it is trusted. The rule, the same for every reader:
 - Warps (when the caller needs them): ``grid`` and ``rows`` positive integers,
   ``knots_x`` and ``knots_y`` each ``rows`` lists of ``grid + 1`` finite
   numbers from 0 to 1, strictly increasing, every local scale factor within
-  `SLOPE_LIMITS`, and no fold (positive Jacobian determinant).
+  `SCALE_LIMITS`, and no fold (positive Jacobian determinant).
 - Zoom records: a finite positive ``zoom``; ``center`` in [0, 1]^2 and
   ``radius`` in (0, 0.5] when given.
 
@@ -42,10 +42,8 @@ from dec_cli.warp import SCALE_LIMITS, Warp, jacobian_determinant
 
 MANIFEST_NAME = "manifest.jsonl"
 KINDS = ("random", "zoom")
-# Local scale factors a recorded warp may have: the bounds `dec warp --scale-range` accepts.
-SLOPE_LIMITS = SCALE_LIMITS
 _KNOT_TOL = 1e-5  # knots are stored from float32
-_SLOPE_TOL = 1e-3  # relative slack on SLOPE_LIMITS for the same rounding
+_SLOPE_TOL = 1e-3  # relative slack on SCALE_LIMITS for the same rounding
 _FOLD_GRID = 32  # points per axis where the Jacobian determinant is checked (a few ms per warp)
 _SHOWN = 80  # characters of a bad value quoted in a reason
 
@@ -234,7 +232,7 @@ def check_warp(record: dict[str, Any]) -> Optional[str]:
         slopes = np.diff(k, axis=1) * grid
         if slopes.min() <= 0:
             return f"'{key}' is not strictly increasing"
-        lo, hi = SLOPE_LIMITS
+        lo, hi = SCALE_LIMITS
         if slopes.min() < lo * (1 - _SLOPE_TOL) or slopes.max() > hi * (1 + _SLOPE_TOL):
             return (f"'{key}' has local scale factors {slopes.min():.3g} to {slopes.max():.3g}, "
                     f"outside [{lo:g}, {hi:g}]")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dec_cli.manifest import SLOPE_LIMITS, check_warp, read_manifest
-from dec_cli.warp import keyed_warp, zoom_warp
+from dec_cli.manifest import check_warp, read_manifest
+from dec_cli.warp import SCALE_LIMITS, keyed_warp, zoom_warp
 
 DATA = Path(__file__).parent / "data"
 
@@ -166,7 +166,7 @@ def test_every_warp_dec_warp_makes_passes_the_checks(size):
     """No false alarms: random warps at the widest accepted range, and zooms at the tested extremes."""
     for seed in range(5):
         for rows in (1, 3):
-            w = keyed_warp(seed, "x", grid=8, rows=rows, scale_range=SLOPE_LIMITS)
+            w = keyed_warp(seed, "x", grid=8, rows=rows, scale_range=SCALE_LIMITS)
             record = {"grid": 8, "rows": rows, "knots_x": w.knots_x[0].tolist(), "knots_y": w.knots_y[0].tolist()}
             assert check_warp(record) is None, (seed, rows)
     for z in (0.5, 0.8, 1.0, 1.25, 1.8):
