@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from dec_cli.errors import UsageError
+from dec_cli.errors import UsageError, first_line
 
 
 def option_key(name: str) -> str:
@@ -28,8 +28,7 @@ def read_config(path: str | Path, allowed: Iterable[str]) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"config file {path} is not valid YAML ({first})") from None
+        raise UsageError(f"config file {path} is not valid YAML ({first_line(exc)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from dec_cli.errors import UsageError
+from dec_cli.errors import UsageError, first_line
 from dec_cli.manifest import read_tree_manifest
 from dec_cli.treescan import TreeScan, check_regular_file, walk_tree
 
@@ -224,10 +224,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def short_reason(exc: BaseException) -> str:
-    """A one-line reason for an unreadable file."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
 
 
 # --------------------------------------------------------------------------- torch dataset
@@ -257,7 +253,7 @@ class ImageDataset(Dataset):
             img = load_image(sample.path)
             out = self.transform(img) if self.transform is not None else img
         except Exception as exc:  # any decoder failure is data, not a crash
-            return None, label, index, short_reason(exc)
+            return None, label, index, first_line(exc)
         return out, label, index, None
 
 

@@ -127,11 +127,6 @@ def world_size() -> int:
     return dist.get_world_size() if is_dist() else 1
 
 
-def is_main() -> bool:
-    """True on rank 0 (and in single-process runs): the process that prints and writes."""
-    return rank() == 0
-
-
 def barrier() -> None:
     if is_dist():
         dist.barrier()
@@ -161,15 +156,6 @@ def all_reduce_sums(sums: dict[str, float]) -> dict[str, float]:
     values = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
     reduced = all_reduce_sum(values)
     return {k: float(v) for k, v in zip(keys, reduced.tolist())}
-
-
-def all_reduce_max(value: float) -> float:
-    """The maximum of a scalar over ranks."""
-    if not is_dist():
-        return float(value)
-    work = torch.tensor([float(value)], dtype=torch.float64, device=_reduce_device())
-    dist.all_reduce(work, op=dist.ReduceOp.MAX)
-    return float(work.item())
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

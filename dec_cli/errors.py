@@ -28,3 +28,13 @@ class UsageError(DecError):
     """Bad arguments or input paths (exit code 2)."""
 
     exit_code = EXIT_USAGE
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when empty), cut to ``limit`` characters.
+
+    Used wherever a library error is quoted inside one of our one-line messages.
+    """
+    text = exc.message if isinstance(exc, DecError) else str(exc)
+    text = text.strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

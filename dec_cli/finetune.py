@@ -33,7 +33,7 @@ from torch import nn
 
 from dec_cli import distributed as dist_utils
 from dec_cli.config import merge_options
-from dec_cli.errors import DecError, UsageError
+from dec_cli.errors import DecError, UsageError, first_line
 from dec_cli.files import atomic_path, remove_stale_temporaries
 from dec_cli.memory import TRAIN_ACTIVATIONS, check_batch_fits
 from dec_cli.warp import (DEFAULT_SCALE_RANGE, MAX_GRID, MAX_ROWS, Warp, apply_warp, check_scale_range, key_seed,
@@ -734,9 +734,7 @@ def _guarded_write(target: Path, write: Callable[[Path], Any]) -> None:
         with atomic_path(target) as tmp:
             write(tmp)
     except Exception as exc:  # OSError, DecError from save_model, safetensors' own errors
-        text = exc.message if isinstance(exc, DecError) else str(exc)
-        reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise DecError(f"could not write {target}: {reason}",
+        raise DecError(f"could not write {target}: {first_line(exc)}",
                        "free disk space, then rerun with --resume; files from earlier epochs are intact") from exc
 
 
@@ -771,7 +769,7 @@ def read_state(out_dir: Path) -> Optional[dict]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DecError(f"cannot read the resume state {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+        raise DecError(f"cannot read the resume state {path}: {first_line(exc)}",
                        "start a new run in another -o folder") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise DecError(f"{path} is not a dec finetune state (format {STATE_FORMAT})",

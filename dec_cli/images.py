@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, ImageSequence
 
+from dec_cli.errors import first_line
 from dec_cli.files import atomic_file
 from dec_cli.treescan import NotRegularFileError, check_regular_file
 
@@ -93,11 +94,11 @@ def read_image(path: str | os.PathLike) -> Picture:
                     else:  # a loaded single frame outlives its file; sequence frames must be copied
                         pages.append(frame if single else frame.copy())
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(f"refused as a decompression bomb ({_short(exc)})") from None
+        raise ImageReadError(f"refused as a decompression bomb ({first_line(exc, 160)})") from None
     except Image.UnidentifiedImageError:
         raise ImageReadError("not a readable image (unidentified format)") from None
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError) as exc:
-        raise ImageReadError(f"cannot decode: {_short(exc)}") from None
+        raise ImageReadError(f"cannot decode: {first_line(exc, 160)}") from None
     for page in pages:
         if page.mode not in _SUPPORTED_MODES:
             raise ImageReadError(f"unsupported pixel mode {page.mode}")
@@ -270,7 +271,7 @@ def _read_png16(path: str | os.PathLike, header: tuple[int, int, int]) -> Deep16
     try:
         array = decode_png16(Path(path).read_bytes())
     except (ValueError, zlib.error, struct.error) as exc:
-        raise ImageReadError(f"cannot decode: {_short(exc)}") from None
+        raise ImageReadError(f"cannot decode: {first_line(exc, 160)}") from None
     return Deep16Page(array, "RGB;16" if colour == 2 else "RGBA;16")
 
 
@@ -403,6 +404,3 @@ def _raw_mode(mode: str) -> str:
     return {"I;16N": "I;16", "I;16L": "I;16", "I": "I", "F": "F"}.get(mode, mode)
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]

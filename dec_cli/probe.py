@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from dec_cli.errors import DecError
+from dec_cli.errors import DecError, first_line
 
 
 def input_size(model: nn.Module, img_size: Optional[int] = None) -> tuple[int, int]:
@@ -60,7 +60,7 @@ def probe_inputs(model: nn.Module, paths: Sequence[str], img_size: Optional[int]
             model(torch.zeros(1, in_chans, h, w, device=device, dtype=dtype))
     except Exception as exc:
         raise DecError(f"dry run of the backbone at {h}x{w} failed: {type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0] if str(exc) else ''}", "try --img-size N") from None
+                       f"{first_line(exc)}", "try --img-size N") from None
     finally:
         model.train(was_training)
         for hnd in handles:

@@ -47,9 +47,11 @@ class Recipe:
     source: str = "builtin"
     prefix_tokens: Optional[int] = None  # tokens layout: None means the model's num_prefix_tokens
 
-    def matches(self, model_name: str) -> bool:
+    def matching_pattern_length(self, model_name: str) -> int:
+        """Length of the longest pattern matching ``model_name`` (with or without its tag); -1 if none."""
         base = model_name.split(".", 1)[0]
-        return any(fnmatch.fnmatchcase(base, p) or fnmatch.fnmatchcase(model_name, p) for p in self.patterns)
+        return max((len(p) for p in self.patterns
+                    if fnmatch.fnmatchcase(base, p) or fnmatch.fnmatchcase(model_name, p)), default=-1)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "patterns": list(self.patterns),
@@ -131,10 +133,9 @@ def find_recipe(model_name: str) -> Optional[Recipe]:
     """The built-in recipe whose globs match ``model_name`` (most specific pattern wins)."""
     best, best_len = None, -1
     for recipe in builtin_recipes():
-        base = model_name.split(".", 1)[0]
-        for p in recipe.patterns:
-            if (fnmatch.fnmatchcase(base, p) or fnmatch.fnmatchcase(model_name, p)) and len(p) > best_len:
-                best, best_len = recipe, len(p)
+        length = recipe.matching_pattern_length(model_name)
+        if length > best_len:
+            best, best_len = recipe, length
     return best
 
 

@@ -458,20 +458,13 @@ def key_seed(seed: int, key: str = "") -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def random_slopes(shape: Sequence[int], scale_range: Sequence[float], generator: torch.Generator | None = None,
-                  *, device=None, dtype=torch.float32) -> Tensor:
-    """Slopes (..., G) log-uniform in ``[lo, hi]``, rescaled to mean 1 while staying in range.
+def _slopes_np(u: np.ndarray, scale_range: Sequence[float]) -> np.ndarray:
+    """Slopes log-uniform in ``[lo, hi]`` from uniform draws ``u`` (..., G), rescaled to mean 1 within the range.
 
     Mean 1 is what makes the knots end at 1; the rescaling moves slopes towards
     ``lo`` (if the mean is above 1) or ``hi`` (if below) proportionally, which
-    keeps every slope inside the range.
+    keeps every slope inside the range. numpy float64: tiny arrays, numpy's per-op cost is lower.
     """
-    u = torch.rand(*shape, generator=generator, dtype=torch.float64, device="cpu")
-    return torch.from_numpy(_slopes_np(u.numpy(), scale_range)).to(device=device, dtype=dtype)
-
-
-def _slopes_np(u: np.ndarray, scale_range: Sequence[float]) -> np.ndarray:
-    """`random_slopes` from uniform draws ``u``, in numpy float64 (tiny arrays: numpy's per-op cost is lower)."""
     lo, hi = scale_range
     check_scale_range(scale_range)
     s = np.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
