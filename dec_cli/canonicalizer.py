@@ -17,6 +17,7 @@ grow with the iteration count.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dec_cli.solvers import SOLVERS, anderson, fixed_point
 from dec_cli.warp import Warp, apply_warp
 
 LAYOUTS = ("tokens", "nchw", "nhwc")
@@ -41,14 +43,18 @@ class DECSettings:
     iters: int = 3  # fixed iteration count
     damping: float = 0.5  # theta <- theta + damping * proposal
     grad_steps: int = 1  # phantom gradient through the last k iterations
+    solver: str = "fixed"  # the no-grad iterations: "fixed" (damped iteration) or "anderson"
+    memory: int = 5  # Anderson: how many past iterates are combined
 
     def __post_init__(self) -> None:
-        for name in ("channels", "hidden", "grid", "rows", "iters", "grad_steps"):
+        for name in ("channels", "hidden", "grid", "rows", "iters", "grad_steps", "memory"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"DEC setting {name} must be a positive integer; got {value!r}")
         if not (isinstance(self.damping, (int, float)) and 0 < float(self.damping) <= 1):
             raise ValueError(f"DEC setting damping must be in (0, 1]; got {self.damping!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"DEC setting solver must be one of {', '.join(SOLVERS)}; got {self.solver!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,11 +85,6 @@ def to_map(x: Tensor, layout: str, prefix_tokens: int = 0, grid_size: Optional[S
             raise ValueError(f"token grid {h}x{w} does not match {patches} patch tokens")
         return x[:, prefix_tokens:].reshape(b, h, w, c)
     raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
-
-
-def _update_size(tx: Tensor, ty: Tensor, prev_x: Tensor, prev_y: Tensor) -> Tensor:
-    """Per-sample size of one solver update, ``||theta_t - theta_{t-1}||`` over both axes' logits (B,)."""
-    return torch.cat([(tx - prev_x).flatten(1), (ty - prev_y).flatten(1)], dim=1).norm(dim=1)
 
 
 class DEC(nn.Module):
@@ -120,7 +121,7 @@ class DEC(nn.Module):
     def extra_repr(self) -> str:
         s = self.settings
         return (f"in_channels={self.in_channels}, channels={s.channels}, hidden={s.hidden}, grid={s.grid}, "
-                f"rows={s.rows}, iters={s.iters}, damping={s.damping}, grad_steps={s.grad_steps}")
+                f"rows={s.rows}, iters={s.iters}, damping={s.damping}, grad_steps={s.grad_steps}, solver={s.solver}")
 
     # ----------------------------------------------------------------- pieces
 
@@ -146,41 +147,46 @@ class DEC(nn.Module):
         ty = self.out(py.permute(0, 2, 3, 1))[..., 1].transpose(1, 2)  # (B, R, G)
         return tx.float(), ty.float()
 
-    def _step(self, z: Tensor, tx: Tensor, ty: Tensor) -> tuple[Tensor, Tensor]:
-        warp = Warp.from_logits(tx, ty)
-        canon = apply_warp(z, warp, inverse=True)
+    def _split(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """Flat logits (B, 2 R G) -> (theta_x, theta_y), each (B, R, G)."""
+        s = self.settings
+        tx, ty = theta.unflatten(1, (2, s.rows, s.grid)).unbind(1)
+        return tx, ty
+
+    def _step(self, z: Tensor, theta: Tensor) -> Tensor:
+        """One damped update of the flat logits: ``theta + damping * head(S^-1(z; theta))``."""
+        tx, ty = self._split(theta)
+        canon = apply_warp(z, Warp.from_logits(tx, ty), inverse=True)
         dx, dy = self.propose(canon)
-        a = self.settings.damping
-        return tx + a * dx, ty + a * dy
+        # Softmax ignores a shift of a row's logits, so drop the shift: otherwise the head's mean
+        # proposal drifts the logits forever without changing the warp, and no fixed point exists.
+        dx, dy = dx - dx.mean(-1, keepdim=True), dy - dy.mean(-1, keepdim=True)
+        return theta + self.settings.damping * torch.cat([dx.flatten(1), dy.flatten(1)], dim=1)
 
     # ----------------------------------------------------------------- solve
 
     def solve(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Fixed-point iteration on the logits; gradients through the last ``grad_steps`` only."""
+        """Solve for the logits from the identity; gradients through the last ``grad_steps`` updates only.
+
+        The first ``iters - grad_steps`` updates run under ``no_grad`` with the
+        configured solver (plain damped iteration or Anderson acceleration); the
+        last ``grad_steps`` are plain damped updates with gradients (phantom gradient).
+        """
         s = self.settings
-        b = z.shape[0]
-        tx = torch.zeros(b, s.rows, s.grid, device=z.device, dtype=torch.float32)
-        ty = torch.zeros_like(tx)
+        theta = torch.zeros(z.shape[0], 2 * s.rows * s.grid, device=z.device, dtype=torch.float32)
         free = max(s.iters - s.grad_steps, 0)
-        prev_x, prev_y = tx, ty
-        steps: list[Tensor] = []
-        if free:
-            with torch.no_grad():
-                zd = z.detach()
-                for _ in range(free):
-                    prev_x, prev_y = tx, ty
-                    tx, ty = self._step(zd, tx, ty)
-                    if self.capture:
-                        steps.append(_update_size(tx, ty, prev_x, prev_y))
+        with torch.no_grad():
+            zd = z.detach()
+            solver = functools.partial(anderson, memory=s.memory) if s.solver == "anderson" else fixed_point
+            theta, residuals = solver(lambda t: self._step(zd, t), theta, free)
         for _ in range(s.iters - free):
-            prev_x, prev_y = tx.detach(), ty.detach()
-            tx, ty = self._step(z, tx, ty)
-            if self.capture:
-                steps.append(_update_size(tx.detach(), ty.detach(), prev_x, prev_y))
-        self.residual = _update_size(tx.detach(), ty.detach(), prev_x, prev_y)
-        self.residual_by_iter = torch.stack(steps, dim=1) if self.capture else None
-        self.logits = (tx.detach(), ty.detach())
-        return tx, ty
+            new = self._step(z, theta)
+            residuals.append((new.detach() - theta.detach()).norm(dim=1))
+            theta = new
+        self.residual = residuals[-1]
+        self.residual_by_iter = torch.stack(residuals, dim=1) if self.capture else None
+        self.logits = self._split(theta.detach())
+        return self._split(theta)
 
     def forward(self, x: Tensor, *, layout: str = "nchw", prefix_tokens: int = 0,
                 grid_size: Optional[Sequence[int]] = None) -> Warp:
