@@ -307,6 +307,7 @@ def finetune_cmd(
     dec_warmup_epochs: int = typer.Option(0, "--dec-warmup-epochs", help="Train the DEC alone for this many epochs first, backbone frozen."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone/--no-freeze-backbone", help="Train only the DEC (and a new head)."),
     eq_weight: float = typer.Option(0.0, "--eq-weight", help="Weight of the invariance loss between f(x) and f(S x), S a random warp."),
+    canon_weight: float = typer.Option(0.0, "--canon-weight", help="Weight of the DEC canonicalization loss: Phi(S x) should be S o Phi(x) (DEC checkpoints)."),
     aug_prob: float = typer.Option(0.0, "--aug-prob", help="Probability that a training batch is replaced by warped copies."),
     scale_range: str = typer.Option("0.75,1.33", "--scale-range", metavar="LO,HI", help="Local scale factors of the random warps."),
     grid: int = typer.Option(8, "--grid", help="Warp intervals per axis."),
@@ -345,7 +346,7 @@ def finetune_cmd(
     names = FinetuneConfig.option_names()
     values = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "dec_lr": dec_lr, "weight_decay": weight_decay,
               "warmup_epochs": warmup_epochs, "dec_warmup_epochs": dec_warmup_epochs,
-              "freeze_backbone": freeze_backbone, "eq_weight": eq_weight, "aug_prob": aug_prob,
+              "freeze_backbone": freeze_backbone, "eq_weight": eq_weight, "canon_weight": canon_weight, "aug_prob": aug_prob,
               "scale_range": scale_range, "grid": grid, "rows": rows, "label_smoothing": label_smoothing,
               "clip_grad": clip_grad, "amp": amp, "compile": compile_, "workers": workers, "seed": seed,
               "device": device, "img_size": img_size, "num_classes": num_classes, "val": val, "weights": weights,
@@ -461,6 +462,10 @@ def retrofit_cmd(
     grid: Optional[int] = typer.Option(None, "--grid", min=1, help="Warp intervals per axis (G)."),
     rows: Optional[int] = typer.Option(None, "--rows", min=1, help="Warp control rows (R; 1 = separable)."),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Fixed-point iterations (T)."),
+    solver: Optional[str] = typer.Option(None, "--solver", metavar="fixed|anderson",
+                                         help="Solver of the no-grad iterations (default fixed: damped iteration)."),
+    hidden: Optional[int] = typer.Option(None, "--hidden", min=1, help="Width of the DEC head's conv layer."),
+    channels: Optional[int] = typer.Option(None, "--channels", min=1, help="Width of the DEC's 1x1 projection."),
     seed: int = typer.Option(0, "--seed", help="Seed for the DEC (and any new head) initialisation."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
     json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write a JSON summary."),
@@ -496,10 +501,12 @@ def retrofit_cmd(
     net = create_backbone(model, weights=weights, pretrained=use_pretrained, num_classes=num_classes,
                           img_size=img_size)
     _print_conversion(console, net.dec_info.get("weights_conversion"))
-    retrofit(net, recipe=recipe, at=at, mode=mode, grid=grid, rows=rows, iters=iters, img_size=img_size)
+    retrofit(net, recipe=recipe, at=at, mode=mode, grid=grid, rows=rows, iters=iters, img_size=img_size,
+             solver=solver, hidden=hidden, channels=channels)
     argv = sys.argv[1:] if "retrofit" in sys.argv[1:] else ["retrofit", model, "-o", output]
     options = {"recipe": recipe, "at": at, "mode": mode, "grid": grid, "rows": rows, "iters": iters,
-               "img_size": img_size, "num_classes": num_classes}
+               "solver": solver, "hidden": hidden, "channels": channels, "img_size": img_size,
+               "num_classes": num_classes}
     save_model(net, output, command="dec " + " ".join(shlex.quote(a) for a in argv), seed=seed,
                weights=weights if weights else ("pretrained" if use_pretrained else "random"),
                options={k: v for k, v in options.items() if v is not None})
@@ -515,7 +522,8 @@ def retrofit_cmd(
     console.print(_points_table(f"{model}: recipe {rec['name']}, mode {rec['mode']}", rec["points"]))
     s = rec["dec"]
     console.print(f"DEC: grid {s['grid']}, rows {s['rows']}, iters {s['iters']}, channels {s['channels']}, "
-                  f"hidden {s['hidden']}, damping {s['damping']}, grad steps {s['grad_steps']}")
+                  f"hidden {s['hidden']}, damping {s['damping']}, grad steps {s['grad_steps']}, "
+                  f"solver {s.get('solver', 'fixed')}")
     console.print(f"parameters: DEC {_fmt_count(n_dec)} vs backbone {_fmt_count(n_bb)} "
                   f"({100 * n_dec / max(n_bb, 1):.3f}%)")
     console.print(f"wrote {output}", markup=False)

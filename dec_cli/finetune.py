@@ -32,10 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from dec_cli import distributed as dist_utils
+from dec_cli.canonloss import canon_loss, dec_outputs
 from dec_cli.config import merge_options
 from dec_cli.errors import DecError, UsageError, first_line
 from dec_cli.files import atomic_path, remove_stale_temporaries
 from dec_cli.memory import TRAIN_ACTIVATIONS, check_batch_fits
+from dec_cli.metrics import symmetric_kl
 from dec_cli.warp import (DEFAULT_SCALE_RANGE, MAX_GRID, MAX_ROWS, Warp, apply_warp, check_scale_range, key_seed,
                           keyed_warp, random_warp)
 
@@ -66,6 +68,7 @@ class FinetuneConfig:
     dec_warmup_epochs: int = 0
     freeze_backbone: bool = False
     eq_weight: float = 0.0
+    canon_weight: float = 0.0
     aug_prob: float = 0.0
     scale_range: tuple = DEFAULT_SCALE_RANGE
     grid: int = 8
@@ -108,6 +111,7 @@ class FinetuneConfig:
             (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
             (self.dec_warmup_epochs >= 0, "--dec-warmup-epochs must be >= 0"),
             (self.eq_weight >= 0, "--eq-weight must be >= 0"),
+            (self.canon_weight >= 0, "--canon-weight must be >= 0"),
             (0 <= self.aug_prob <= 1, "--aug-prob must lie in [0, 1]"),
             (1 <= self.grid <= MAX_GRID and 1 <= self.rows <= MAX_ROWS,
              f"--grid must lie in 1..{MAX_GRID} and --rows in 1..{MAX_ROWS}"),
@@ -379,6 +383,9 @@ class Trainer:
         if cfg.dec_warmup_epochs and not self.has_dec:
             raise UsageError("--dec-warmup-epochs needs a checkpoint with DEC modules",
                              "retrofit one with 'dec retrofit', or drop --dec-warmup-epochs")
+        if cfg.canon_weight > 0 and not self.has_dec:
+            raise UsageError("--canon-weight needs a checkpoint with DEC modules",
+                             "retrofit one with 'dec retrofit', or drop --canon-weight")
         if cfg.freeze_backbone:
             for p in groups["backbone"]:
                 p.requires_grad_(False)
@@ -535,16 +542,7 @@ class Trainer:
             aug = torch.rand((), generator=gen).item() < cfg.aug_prob
             if aug:
                 x = apply_warp(x, self._warp(x.shape[0], gen))
-            with self._autocast():
-                if cfg.eq_weight > 0:
-                    xs = apply_warp(x, self._warp(x.shape[0], gen))
-                    logits, logits_w = self.train_forward(torch.cat([x, xs])).float().chunk(2)
-                else:
-                    logits = self.train_forward(x).float()
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            if cfg.eq_weight > 0:
-                from dec_cli.metrics import symmetric_kl
-                loss = loss + cfg.eq_weight * symmetric_kl(logits, logits_w).mean().float()
+            loss, logits = self.step_loss(x, y, gen)
             # Check before backward: a NaN forward can crash grid_sample's backward on CPU, and
             # every rank must agree to stop (the loss differs per rank; the check is all-reduced).
             if dist_utils.all_reduce_sum((~torch.isfinite(loss.detach())).float()).item() > 0:
@@ -580,6 +578,29 @@ class Trainer:
         bad_all = [e for part in dist_utils.all_gather_objects(bad) for e in part]
         n_all = max(sums["n"], 1.0)
         return EpochStats(sums["loss"] / n_all, sums["correct"] / n_all, int(sums["n"]), seconds, bad_all)
+
+    def step_loss(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss of one batch and its clean logits.
+
+        Cross-entropy, plus ``eq_weight`` times the invariance loss between
+        ``f(x)`` and ``f(S(x; T))`` and ``canon_weight`` times the
+        canonicalization loss of the DEC modules (:mod:`dec_cli.canonloss`),
+        both for one random warp ``T`` per image drawn only when either is on.
+        """
+        cfg = self.cfg
+        paired = cfg.eq_weight > 0 or cfg.canon_weight > 0
+        with self._autocast(), dec_outputs(self.model) as warps:
+            if paired:
+                known = self._warp(x.shape[0], gen)
+                logits, logits_w = self.train_forward(torch.cat([x, apply_warp(x, known)])).float().chunk(2)
+            else:
+                logits = self.train_forward(x).float()
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        if cfg.eq_weight > 0:
+            loss = loss + cfg.eq_weight * symmetric_kl(logits, logits_w).mean().float()
+        if cfg.canon_weight > 0:
+            loss = loss + cfg.canon_weight * canon_loss(warps, known)
+        return loss, logits
 
     def _nan_error(self, epoch: int, index: int) -> DecError:
         last = self.out / LAST_NAME
