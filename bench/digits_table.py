@@ -50,14 +50,28 @@ class Method:
     tta: bool = False  # evaluate with `dec evaluate --tta-scales` and report the NAME+tta row
 
 
+_AUG = ("--aug-prob", "0.5")
+_CANON = ("--canon-weight", "1.0")
 METHODS = {
     "plain": Method("plain fine-tuning"),
-    "warp-aug": Method("warp augmentation", ("--aug-prob", "0.5")),
+    "warp-aug": Method("warp augmentation", _AUG),
     "inv-loss": Method("invariance loss", ("--eq-weight", "1.0")),
-    "dec": Method("DEC (+ warp augmentation)", ("--aug-prob", "0.5"), ("--iters", "3")),
+    "dec": Method("DEC (+ warp augmentation)", _AUG, ("--iters", "3")),
     "tta": Method("test-time scale search (warp augmentation model)", model_of="warp-aug", tta=True),
+    # Ablations of the DEC (all with warp augmentation; settings beyond the named ones as `dec-base`).
+    "dec-base": Method("DEC at layer2, 3 iterations (+ warp augmentation)", _AUG, ("--iters", "3")),
     "dec-eq": Method("DEC, 5 iterations (+ warp augmentation, invariance loss 0.3)",
-                     ("--aug-prob", "0.5", "--eq-weight", "0.3"), ("--iters", "5")),
+                     (*_AUG, "--eq-weight", "0.3"), ("--iters", "5")),
+    "dec-it8": Method("DEC, 8 iterations", _AUG, ("--iters", "8")),
+    "dec-anderson": Method("DEC, 8 iterations, Anderson solver", _AUG, ("--iters", "8", "--solver", "anderson")),
+    "dec-head": Method("DEC, wider head (channels 16, hidden 64)", _AUG,
+                       ("--iters", "3", "--channels", "16", "--hidden", "64")),
+    "dec-canon": Method("DEC + canonicalization loss 1.0", (*_AUG, *_CANON), ("--iters", "3")),
+    "dec-input": Method("DEC on the input image (at conv1)", _AUG, ("--iters", "3", "--at", "conv1")),
+    "dec-input-canon": Method("DEC on the input image + canonicalization loss 1.0", (*_AUG, *_CANON),
+                              ("--iters", "3", "--at", "conv1")),
+    "dec-two": Method("two DECs (conv1 and layer2) + canonicalization loss 1.0", (*_AUG, *_CANON),
+                      ("--iters", "3", "--at", "conv1,layer2")),
 }
 #: `dec digits` options of each protocol (README "dec digits").
 PROTOCOLS = {
@@ -66,6 +80,16 @@ PROTOCOLS = {
 }
 #: Factors of the `tta` method per protocol: the inverses of the zoom sweep's.
 TTA_SCALES = {"default": "0.63,0.8,1,1.25,1.6", "wide": "0.5,0.63,0.8,1,1.25,1.6,2"}
+#: Random-warp scale range of the validation split in --select mode: the test range's spirit, other digits.
+SELECT_SCALE_RANGE = {"default": "0.6,1.6", "wide": "0.5,2"}
+#: Columns of the --select table (validation split only).
+SELECT_COLUMNS = [
+    ("top-1", "val", "top1", True, True),
+    ("warped top-1", "val", "warped_top1", True, True),
+    ("inv. error", "val", "inv_error", False, False),
+    ("consistency", "val", "consistency", True, True),
+    ("canon. error", "val", "canon_error", False, False),
+]
 #: Columns: (label, file, metric key, percent?, higher is better?)
 COLUMNS = [
     ("top-1", "test", "top1", True, True),
@@ -74,6 +98,7 @@ COLUMNS = [
     ("consistency", "test", "consistency", True, True),
     ("zoom top-1 (min)", "zoom", "zoom_top1_min", True, True),
     ("zoom consistency (min)", "zoom", "zoom_consistency_min", True, True),
+    ("canon. error", "test", "canon_error", False, False),
 ]
 
 
@@ -151,6 +176,16 @@ def evaluate(ckpt: Path, data: Path, out: Path, tag: str, tta_scales: Optional[s
     return reports
 
 
+def evaluate_val(ckpt: Path, data: Path, out: Path, tag: str, protocol: str) -> dict:
+    """`dec evaluate` on the validation split under random warps of the protocol's selection range."""
+    dest = out / f"{tag}-val.json"
+    if not dest.is_file():
+        run([sys.executable, "-m", "dec_cli", "evaluate", str(ckpt), "--data", str(data / "val"), "--img-size", "64",
+             "--seed", "0", "--quiet", "--warps", "4", "--scale-range", SELECT_SCALE_RANGE[protocol],
+             "--json", str(dest)], out / f"{tag}.log")
+    return {"val": json.loads(dest.read_text())}
+
+
 def row_of(report: dict, method: str) -> dict:
     """The model row a method is tabulated from: the `NAME+tta` row for test-time search, else the only one."""
     rows = report["models"]
@@ -175,14 +210,15 @@ def _span(pair: list[float]) -> str:
 
 def table(results: list[dict], config: dict, args: argparse.Namespace) -> str:
     """The Markdown table (mean ± sample std over seeds) with its caption; ``config`` is the tree's settings."""
-    head = "| method | seeds | " + " | ".join(c[0] for c in COLUMNS) + " |"
-    lines = [head, "|---|---|" + "---:|" * len(COLUMNS)]
+    columns = SELECT_COLUMNS if args.select else COLUMNS
+    head = "| method | seeds | " + " | ".join(c[0] for c in columns) + " |"
+    lines = [head, "|---|---|" + "---:|" * len(columns)]
     for method in args.methods:
         runs = [r for r in results if r["method"] == method]
         if not runs:
             continue
         cells = [fmt([row_of(r[src], method)["metrics"].get(key) for r in runs], pct)
-                 for _, src, key, pct, _ in COLUMNS]
+                 for _, src, key, pct, _ in columns]
         used = ",".join(str(r["seed"]) for r in runs)
         lines.append(f"| {METHODS[method].label} | {used} | " + " | ".join(cells) + " |")
     seeds = ",".join(str(s) for s in args.seeds)
@@ -194,6 +230,15 @@ def table(results: list[dict], config: dict, args: argparse.Namespace) -> str:
     protocol = "" if args.protocol == "default" else f" `{args.protocol}` protocol."
     tta = f" Test-time scale search over {TTA_SCALES[args.protocol].replace(',', ', ')}." \
         if "tta" in args.methods else ""
+    if args.select:
+        caption = (f"Selection on the validation split only: `test_resnet` from scratch, {args.n_train} training "
+                   f"composites, {args.epochs} epochs, {spread}.{protocol} {scales}. Validation split: "
+                   f"{args.n_val} composites (training scales), 4 random warps each with local scale factors in "
+                   f"{SELECT_SCALE_RANGE[args.protocol].replace(',', '-')}; canon. error: `dec evaluate`'s "
+                   f"canon_error (1 = the DEC undoes nothing). Reproduce: `python bench/digits_table.py --select "
+                   f"--epochs {args.epochs} --seeds {seeds} --methods {','.join(args.methods)}"
+                   f"{'' if args.protocol == 'default' else ' --protocol ' + args.protocol}`.")
+        return "\n".join(lines) + "\n\n" + caption + "\n"
     caption = (f"`test_resnet` from scratch, {args.n_train} training composites, {args.epochs} epochs, {spread}; "
                f"percentages except the invariance error (lower is better).{protocol} {scales}. "
                f"Test split: {args.n_test} composites, 4 random warps each (scale range 0.75-1.33); zoom sweep: "
@@ -208,16 +253,20 @@ def table(results: list[dict], config: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n\n" + caption + "\n"
 
 
-def markers(protocol: str) -> tuple[str, str]:
-    """README markers of a protocol's table: `digits-table` for the default, `digits-table-wide` ..."""
-    name = "digits-table" if protocol == "default" else f"digits-table-{protocol}"
+def markers(protocol: str, select: bool = False) -> tuple[str, str]:
+    """README markers of a protocol's table: `digits-table` for the default, `digits-table-wide` ...
+
+    Selection tables (--select) use `digits-select` / `digits-select-wide`.
+    """
+    kind = "digits-select" if select else "digits-table"
+    name = kind if protocol == "default" else f"{kind}-{protocol}"
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
-def write_readme(readme: Path, text: str, protocol: str = "default") -> None:
+def write_readme(readme: Path, text: str, protocol: str = "default", select: bool = False) -> None:
     """Replace the protocol's table in the README (a new one goes after the default table or the heading)."""
     content = readme.read_text(encoding="utf-8")
-    start, end = markers(protocol)
+    start, end = markers(protocol, select)
     block = f"{start}\n{text}{end}"
     if start in content and end in content:
         before, rest = content.split(start, 1)
@@ -257,6 +306,9 @@ def main() -> None:
     parser.add_argument("--readme", type=Path, default=None, help="write the table into this README")
     parser.add_argument("--json", type=Path, default=None,
                         help="write a JSON list: one {method, seed, test, zoom} per run, with the dec evaluate reports")
+    parser.add_argument("--select", action="store_true",
+                        help="evaluate on the validation split (random warps, no zoom sweep) to choose settings; "
+                             "the test split is not touched")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: tabulate the finished runs in OUT (evaluating them if needed)")
     args = parser.parse_args()
@@ -270,7 +322,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.data or build_tree(args)
     info = json.loads((data / "digits.json").read_text())
-    args.n_train, args.n_test = info["counts"].get("train", args.n_train), info["counts"]["test"]
+    counts = info["counts"]
+    args.n_train, args.n_val, args.n_test = counts.get("train", args.n_train), counts["val"], counts["test"]
     start = time.time()
     results: list[dict] = []
     for seed in args.seeds:
@@ -280,17 +333,20 @@ def main() -> None:
                 continue
             ckpt = train(trained, seed, data, args.out, args)
             tta = TTA_SCALES[args.protocol] if METHODS[method].tta else None
-            reports = evaluate(ckpt, data, args.out, f"{args.prefix}{method}-s{seed}", tta)
+            tag = f"{args.prefix}{method}-s{seed}"
+            reports = (evaluate_val(ckpt, data, args.out, tag, args.protocol) if args.select else
+                       evaluate(ckpt, data, args.out, tag, tta))
             results.append({"method": method, "seed": seed, **reports})
             print(f"{method} seed {seed}: done ({(time.time() - start) / 60:.1f} min)", flush=True)
     text = table(results, info["config"], args)
-    (args.out / f"{args.prefix}table.md").write_text(text, encoding="utf-8")
-    for dest in (args.out / f"{args.prefix}results.json", args.json):
+    kind = "select" if args.select else "table"
+    (args.out / f"{args.prefix}{kind}.md").write_text(text, encoding="utf-8")
+    for dest in (args.out / f"{args.prefix}{'select-' if args.select else ''}results.json", args.json):
         if dest is not None:
             dest.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(text)
     if args.readme:
-        write_readme(args.readme, text, args.protocol)
+        write_readme(args.readme, text, args.protocol, args.select)
 
 
 if __name__ == "__main__":
