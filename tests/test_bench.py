@@ -61,6 +61,14 @@ def test_digits_table_runs_on_a_tiny_wide_benchmark(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert best.stat().st_mtime_ns == stamp and json.loads(dest.read_text()) == runs
+    # --select evaluates the same models on the validation split only (no test or zoom report).
+    chosen = subprocess.run([*cmd, "--select"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert chosen.returncode == 0, chosen.stderr
+    val_runs = json.loads(dest.read_text())
+    assert [(r["method"], set(r)) for r in val_runs] == [("dec", {"method", "seed", "val"}),
+                                                           ("tta", {"method", "seed", "val"})]
+    assert val_runs[0]["val"]["data"]["images"] == 20 and val_runs[0]["val"]["settings"]["scale_range"] == [0.5, 2.0]
+    assert "canon. error" in (out / "wide-select.md").read_text() and best.stat().st_mtime_ns == stamp
 
 
 def test_digits_table_rejects_unknown_methods(tmp_path):
