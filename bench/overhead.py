@@ -185,6 +185,8 @@ def main() -> None:
     ap.add_argument("--at", default=None)
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--grid", type=int, default=None)
+    ap.add_argument("--solver", choices=("fixed", "anderson"), default=None)
+    ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -194,7 +196,8 @@ def main() -> None:
     repeats = args.repeats or (30 if gpu else 11)
     amp = gpu
     torch.set_num_threads(args.threads)
-    dec_kwargs = {k: v for k, v in dict(at=args.at, iters=args.iters, grid=args.grid).items() if v is not None}
+    dec_kwargs = {k: v for k, v in dict(at=args.at, iters=args.iters, grid=args.grid, solver=args.solver,
+                                        hidden=args.hidden).items() if v is not None}
     plain, dec = make_models(name, args.device, 0, dec_kwargs)
     for m in (plain, dec):
         m.eval()
