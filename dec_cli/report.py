@@ -1,4 +1,4 @@
-"""Render a :class:`dec_cli.evaluate.Report`: Rich tables, JSON, Markdown and a PNG plot.
+"""The report of ``dec evaluate`` (:class:`Report`) and its renderings: Rich tables, JSON, Markdown, a PNG plot.
 
 JSON schema (``schema_version`` 1; keys are only ever added, never renamed):
 
@@ -28,16 +28,73 @@ JSON schema (``schema_version`` 1; keys are only ever added, never renamed):
 
 from __future__ import annotations
 
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from PIL import Image, ImageDraw, ImageFont
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from dec_cli.diagnostics import module_rows
 from dec_cli.display import printable
+from dec_cli.errors import UsageError
 from dec_cli.files import atomic_path, write_text_atomic
+from dec_cli.version import __version__
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ModelResult:
+    """One model's results; ``metrics`` is deterministic for a fixed seed, ``timing`` is not."""
+
+    name: str
+    source: str
+    model_name: str
+    dec: bool
+    num_classes: int
+    class_mapping: Optional[str]  # None in a label-free run
+    input_size: list[int]
+    metrics: dict[str, Any]
+    per_zoom: list[dict[str, Any]]
+    per_strength: list[dict[str, Any]]
+    timing: dict[str, Any]
+    weights_conversion: Optional[dict[str, Any]] = None  # --weights renamed from a foreign key layout
+    dec_modules: list[dict[str, Any]] = field(default_factory=list)  # dec_cli.diagnostics.summarize_dec
+
+
+@dataclass
+class Report:
+    """The outcome of ``dec evaluate``; :meth:`to_dict` is the JSON document (its schema: this module's docstring)."""
+
+    data: dict[str, Any]
+    settings: dict[str, Any]
+    models: list[ModelResult]
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    fail_if: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def zoom_sweep(self) -> bool:
+        return bool(self.data.get("zoom_sweep"))
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [row for row in self.fail_if if row["violated"]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "dec", "version": __version__, "command": "evaluate"},
+            "data": self.data,
+            "settings": self.settings,
+            "models": [asdict(m) for m in self.models],
+            "unreadable": self.unreadable,
+            "fail_if": self.fail_if,
+        }
+
 
 SUMMARY_COLUMNS = [
     ("top1", "top-1"), ("top5", "top-5"), ("warped_top1", "warped top-1"), ("inv_error", "inv. error"),
@@ -213,8 +270,6 @@ def plot_series(report) -> tuple[str, list[float], list[tuple[str, list[Optional
 def write_plot(report, path: str | Path, *, size: tuple[int, int] = (1000, 440)) -> None:
     """Two panels (accuracy, consistency) against zoom factor or warp strength, one line per model;
     a run without labels has no accuracy, so it gets the consistency panel alone."""
-    from PIL import Image, ImageDraw, ImageFont
-
     xlabel, xs, series = plot_series(report)
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
@@ -264,10 +319,6 @@ def write_plot(report, path: str | Path, *, size: tuple[int, int] = (1000, 440))
 
 def check_writable(path: Optional[str], option: str) -> None:
     """Fail early (exit 2) when an output could not be written, before minutes of evaluation."""
-    import os
-
-    from dec_cli.errors import UsageError
-
     if path is None or path == "-":
         return
     target = Path(path)
