@@ -17,10 +17,6 @@ from torch import nn
 
 from dec_cli.errors import UsageError
 
-# Keys every ``model.dec_info`` has; the others appear only when they are known.
-_ALWAYS = ("model_name", "num_classes", "class_names", "dec", "model_kwargs")
-
-
 @dataclass
 class DecInfo:
     """Everything dec records about a model (the checkpoint metadata's keys, plus where it came from)."""
@@ -49,8 +45,8 @@ class DecInfo:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """The mapping stored as ``model.dec_info``: the five basic keys, and the others when known."""
-        return {k: v for k, v in asdict(self).items() if k in _ALWAYS or v is not None}
+        """The mapping stored as ``model.dec_info``: every field, None where it is not known."""
+        return asdict(self)
 
 
 def info_of(model: nn.Module) -> DecInfo:
