@@ -17,7 +17,8 @@ from torch import nn
 
 from dec_cli.canonicalizer import DECSettings
 from dec_cli.errors import DecError, UsageError
-from dec_cli.probe import input_size, probe_inputs
+from dec_cli.modelinfo import dry_run_size
+from dec_cli.probe import probe_inputs
 
 AUTO = "auto"
 SUMMARY = ("other timm names get an automatic recipe ('auto'): one DEC before the first stage of timm's "
@@ -82,7 +83,7 @@ def _read(shape: Optional[tuple], calls: int, model: nn.Module) -> Union[str, tu
 
 def _settle(model: nn.Module, path: str, shape: tuple, img_size: Optional[int]) -> Union[str, tuple]:
     """NCHW or NHWC when channels equal the grid side: a second dry run at another size tells them apart."""
-    h, _ = input_size(model, img_size)
+    h, _ = dry_run_size(model, img_size)
     try:
         other = probe_inputs(model, [path], img_size=h + 32).get(path)
     except DecError:

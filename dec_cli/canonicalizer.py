@@ -2,7 +2,7 @@
 
 Given latent features ``F`` the DEC finds warp logits ``theta`` such that the
 canonicalized projection ``S^{-1}(P F; theta)`` looks canonical to a small conv
-head (DESIGN section 2). ``P`` is a 1x1 projection to a few channels, computed
+head (docs/design.md section 2). ``P`` is a 1x1 projection to a few channels, computed
 once (it commutes with warping). Each iteration warps the projection by the
 current warp and lets the head propose a correction to the logits; the update
 is damped. The head's last layer starts at zero, so the warp starts as the
@@ -88,7 +88,7 @@ def to_map(x: Tensor, layout: str, prefix_tokens: int = 0, grid_size: Optional[S
 
 
 class DEC(nn.Module):
-    """Latent deep equilibrium canonicalizer: features -> monotone warp (DESIGN section 2).
+    """Latent deep equilibrium canonicalizer: features -> monotone warp (docs/design.md section 2).
 
     ``forward(x, layout=..., prefix_tokens=..., grid_size=...)`` returns a
     :class:`~dec_cli.warp.Warp` batch. After each forward, ``residual`` holds the

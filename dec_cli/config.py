@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import yaml
+
 from dec_cli.errors import UsageError, first_line
 
 
@@ -20,8 +22,6 @@ def option_key(name: str) -> str:
 
 def read_config(path: str | Path, allowed: Iterable[str]) -> dict[str, Any]:
     """The options in a YAML file, keyed like the Python parameters; unknown keys are an error."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist", "pass --config FILE.yaml")

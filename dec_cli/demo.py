@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from dec_cli.digits import INFO_FILE, ZOOM_DIR, DigitsConfig, build_digits, config_json
+from dec_cli.errors import DecError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BUNDLED_NPZ = DATA_DIR / "mnist-8k.npz"
@@ -40,8 +41,6 @@ def demo_inputs(cache_dir: str | os.PathLike | None = None) -> tuple[list[Path],
     user cache (``$XDG_CACHE_HOME/dec`` or ``~/.cache/dec``; a temporary
     folder if that is not writable), and rebuilds it if it is incomplete.
     """
-    from dec_cli.errors import DecError
-
     models = demo_model_paths()
     missing = [p.name for p in models if not p.is_file()]
     if missing:
@@ -66,8 +65,6 @@ def demo_data(cache_dir: str | os.PathLike | None = None) -> Path:
             pass
         if _complete(root):
             return root
-    from dec_cli.errors import DecError
-
     raise DecError("cannot build the demo data in any cache folder",
                    "set XDG_CACHE_HOME to a writable folder")
 

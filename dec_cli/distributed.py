@@ -11,11 +11,14 @@ import contextlib
 import gc
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler, SequentialSampler
+
+from dec_cli.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,6 @@ def resolve_device(device: Optional[str] = None, local_rank: int = 0) -> torch.d
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            from dec_cli.errors import UsageError
-
             raise UsageError(f"device {device} requested but CUDA is not available", "use --device cpu")
         if dev.index is None:
             dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
@@ -69,8 +70,6 @@ def init_distributed(device: Optional[str] = None, *, timeout_s: float = 1800.0)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        from datetime import timedelta
-
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=timeout_s)}
         if backend == "nccl":
@@ -215,8 +214,6 @@ def train_sampler(dataset: Sequence[Any], *, shuffle: bool = True, seed: int = 0
     Call ``sampler.set_epoch(epoch)`` each epoch when it has that method.
     Padding duplicates are harmless for training (they only reweight a few items).
     """
-    from torch.utils.data import DistributedSampler, SequentialSampler
-
     if is_dist():
         return DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle,
                                   seed=seed, drop_last=drop_last)

@@ -11,8 +11,7 @@ aggregated in image order, so the report equals the single-process one.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
-from functools import partial
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -20,20 +19,22 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from dec_cli import __version__
 from dec_cli import distributed as D
-from dec_cli.data import ImageDataset, ImageFolderData, collate_skip, data_config, eval_transform, scan_image_folder
-from dec_cli.data import class_to_output
-from dec_cli.errors import UsageError
+from dec_cli.checkpoint import load_model
+from dec_cli.data import (ImageDataset, ImageFolderData, class_to_output, collate_skip, data_config, eval_transform,
+                          scan_image_folder)
 from dec_cli.diagnostics import Probe, capture, dec_blocks, summarize_dec
+from dec_cli.errors import UsageError
 from dec_cli.memory import EVAL_ACTIVATIONS, check_batch_fits
 from dec_cli.metrics import (LABEL_METRICS, Threshold, batch_records, concat_records, sort_records, summarize,
                              warp_strength)
+from dec_cli.modelinfo import info_of, input_size
+from dec_cli.report import ModelResult, Report
+from dec_cli.retrofit import dec_modules
 from dec_cli.tta import ScaleSearch, check_tta_scales
 from dec_cli.warp import (DEFAULT_SCALE_RANGE, Warp, apply_warp, check_grid_rows, check_scale_range, key_seed,
                           random_warp)
 
-SCHEMA_VERSION = 1
 DEFAULT_WARPS = 4
 
 ProgressFn = Callable[[str, int, int], None]
@@ -69,81 +70,13 @@ class ModelSpec:
     pretrained: bool = False
 
 
-@dataclass
-class ModelResult:
-    """One model's results; ``metrics`` is deterministic for a fixed seed, ``timing`` is not."""
-
-    name: str
-    source: str
-    model_name: str
-    dec: bool
-    num_classes: int
-    class_mapping: Optional[str]  # None in a label-free run
-    input_size: list[int]
-    metrics: dict[str, Any]
-    per_zoom: list[dict[str, Any]]
-    per_strength: list[dict[str, Any]]
-    timing: dict[str, Any]
-    weights_conversion: Optional[dict[str, Any]] = None  # --weights renamed from a foreign key layout
-    dec_modules: list[dict[str, Any]] = field(default_factory=list)  # dec_cli.diagnostics.summarize_dec
-
-
-@dataclass
-class Report:
-    """The outcome of ``dec evaluate``; :meth:`to_dict` is the JSON document (see dec_cli.report)."""
-
-    data: dict[str, Any]
-    settings: dict[str, Any]
-    models: list[ModelResult]
-    unreadable: list[dict[str, str]] = field(default_factory=list)
-    fail_if: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def zoom_sweep(self) -> bool:
-        return bool(self.data.get("zoom_sweep"))
-
-    @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [row for row in self.fail_if if row["violated"]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "tool": {"name": "dec", "version": __version__, "command": "evaluate"},
-            "data": self.data,
-            "settings": self.settings,
-            "models": [asdict(m) for m in self.models],
-            "unreadable": self.unreadable,
-            "fail_if": self.fail_if,
-        }
-
-
-# --------------------------------------------------------------------------- model loading
+# --------------------------------------------------------------------------- models
 
 
 def load_for_eval(spec: ModelSpec, device: torch.device) -> torch.nn.Module:
     """Load a checkpoint or timm model (eval mode) through ``dec_cli.checkpoint.load_model``."""
-    from dec_cli.checkpoint import load_model
-
     model = load_model(spec.source, weights=spec.weights, device=str(device), pretrained=spec.pretrained)
     return model.eval()
-
-
-def _model_info(model: torch.nn.Module, spec: ModelSpec) -> dict[str, Any]:
-    info = dict(getattr(model, "dec_info", None) or {})
-    info.setdefault("model_name", getattr(model, "default_cfg", {}).get("architecture", spec.source))
-    info.setdefault("num_classes", int(getattr(model, "num_classes", 0) or 0))
-    info.setdefault("class_names", None)
-    info.setdefault("dec", False)
-    return info
-
-
-def _dec_modules(model: torch.nn.Module, info: dict[str, Any]) -> list[torch.nn.Module]:
-    if not info.get("dec"):
-        return []
-    from dec_cli.retrofit import dec_modules
-
-    return list(dec_modules(model))
 
 
 def display_names(specs: Sequence[ModelSpec]) -> list[str]:
@@ -180,7 +113,7 @@ def batch_warps(rels: Sequence[str], k: int, settings: EvalSettings, cache: dict
     return Warp(*(torch.cat([getattr(w, f) for w in parts], dim=0) for f in ("xs_x", "ys_x", "xs_y", "ys_y")))
 
 
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- checks before any work
 
 
 def resolve_warps(settings: EvalSettings, data: ImageFolderData) -> int:
@@ -230,6 +163,67 @@ def check_thresholds_available(thresholds: Sequence[Threshold], *, warps: int, z
                              "build one with 'dec warp --zoom'")
 
 
+def _check_dec_rules(thresholds: Sequence[Threshold], results: Sequence[ModelResult]) -> None:
+    """``residual_*`` and ``canon_error`` rules need at least one DEC model (UsageError otherwise)."""
+    for t in thresholds:
+        if (t.metric.startswith("residual_") or t.metric == "canon_error") and not any(m.dec for m in results):
+            raise UsageError(f"--fail-if {t.expr!r}: no model has DEC modules, so there is no {t.metric}",
+                             "drop the rule or evaluate a DEC checkpoint (the rule applies to DEC models only)")
+
+
+def check_thresholds(report: Report, thresholds: Sequence[Threshold]) -> list[dict[str, Any]]:
+    """Every (rule, model) pair with the measured value and whether the rule is violated."""
+    rows = []
+    for t in thresholds:
+        for m in report.models:
+            value = report.data["unreadable"] if t.metric == "unreadable" else m.metrics.get(t.metric)
+            if value is None:
+                continue
+            rows.append({"expr": t.expr, "model": m.name, "metric": t.metric, "value": value,
+                         "violated": t.violated(float(value))})
+    return rows
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class _Run:
+    """What every model of one evaluation shares: settings, data, device, warps (and their cache)."""
+
+    settings: EvalSettings
+    data: ImageFolderData
+    data_dir: str | Path
+    dist: D.DistInfo
+    warps: int  # random warps per image
+    progress: Optional[ProgressFn]
+    warp_cache: dict[str, Warp] = field(default_factory=dict)
+    unreadable: dict[int, str] = field(default_factory=dict)  # sample index -> reason, over all models
+
+    def summarize(self, records: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Metrics, per-zoom and per-strength rows of one model's records."""
+        samples, scale_range = self.data.samples, self.settings.scale_range
+        return summarize(records, zooms=[s.zoom for s in samples] if self.data.zoom_sweep else None,
+                         sources=[s.source for s in samples],
+                         strength_max=max(1.0 / scale_range[0], scale_range[1]), labels=self.data.labels)
+
+    def reporter(self, name: str) -> Callable[[int, int], Any]:
+        """The progress callback of the row ``name``."""
+        return lambda done, total: self.progress and self.progress(name, done, total)
+
+
+@dataclass
+class _Pass:
+    """One model's pass over the data: what to call, its DEC modules and blocks, preprocessing, progress."""
+
+    model: Callable[[torch.Tensor], Any]
+    decs: Sequence[torch.nn.Module]
+    mapping: Optional[Any]
+    transform: Callable
+    progress: Callable[[int, int], Any]
+    blocks: Sequence[torch.nn.Module] = ()  # DEC blocks whose canonicalization diagnostics are recorded
+
+
 def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optional[EvalSettings] = None, *,
              thresholds: Sequence[Threshold] = (), progress: Optional[ProgressFn] = None) -> Report:
     """Evaluate every model on the image folder and return the report (rank 0 and others alike)."""
@@ -245,93 +239,90 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
                          f"(first: {first['path']}: {first['reason']})", "check the files and folder permissions")
     k = resolve_warps(settings, data)
     check_thresholds_available(thresholds, warps=k, zoom_sweep=data.zoom_sweep, labels=data.labels)
-    zooms = [s.zoom for s in data.samples]
-    sources = [s.source for s in data.samples]
-    strength_max = max(1.0 / settings.scale_range[0], settings.scale_range[1])
-    summarize_run = partial(summarize, zooms=zooms if data.zoom_sweep else None, sources=sources,
-                            strength_max=strength_max, labels=data.labels)
-    warp_cache: dict[str, Warp] = {}
+    run = _Run(settings, data, data_dir, dist_info, k, progress)
     results: list[ModelResult] = []
-    unreadable: dict[int, str] = {}
     for spec, name in zip(specs, display_names(specs)):
-        torch.manual_seed(settings.seed)  # models without weights get a reproducible random init
-        model = load_for_eval(spec, dist_info.device)
-        info = _model_info(model, spec)
-        mapping, how = class_to_output(data.classes, num_classes=int(info["num_classes"]),
-                                       class_names=info.get("class_names"), class_map=settings.class_map,
-                                       model_name=name) if data.labels else (None, None)
-        cfg = data_config(model, settings.img_size)
-        check_batch_fits(settings.batch_size, cfg["input_size"], dist_info.device, tensors=2 + k + EVAL_ACTIVATIONS)
-        transform = eval_transform(model, settings.img_size)
-        decs = _dec_modules(model, info)
-        blocks = dec_blocks(model) if decs else []
-        runner = torch.compile(model, mode="reduce-overhead" if dist_info.device.type == "cuda" else "default") \
-            if settings.compile else model
-        records, errors, timing = _run_model(runner, decs, data, mapping, transform, k, settings, dist_info,
-                                             warp_cache, lambda done, total, _n=name: progress and progress(_n, done, total),
-                                             blocks=[b for _, b in blocks])
-        for idx, reason in errors:
-            unreadable.setdefault(idx, reason)
-        if len(unreadable) == len(data.samples):
-            first = data.samples[min(unreadable)].rel
-            raise UsageError(f"none of the {len(unreadable)} images in {data_dir} could be read "
-                             f"(first: {first}: {unreadable[min(unreadable)]})",
-                             "check the files are images Pillow can open")
-        summary = summarize_run(records)
-        canon_error, modules = summarize_dec(sort_records(records), [p for p, _ in blocks]) if blocks else (None, [])
-        results.append(ModelResult(
-            name=name, source=spec.source, model_name=str(info["model_name"]), dec=bool(info.get("dec")),
-            num_classes=int(info["num_classes"]), class_mapping=how, input_size=list(cfg["input_size"]),
-            metrics={**summary["metrics"], "canon_error": canon_error}, per_zoom=summary["per_zoom"],
-            per_strength=summary["per_strength"], timing=timing, weights_conversion=info.get("weights_conversion"),
-            dec_modules=modules,
-        ))
-        if settings.tta_scales:
-            tta_name = f"{name}+tta"
-            records, _, timing = _run_model(ScaleSearch(runner, settings.tta_scales), [], data, mapping, transform,
-                                            k, settings, dist_info, warp_cache,
-                                            lambda done, total: progress and progress(tta_name, done, total))
-            summary = summarize_run(records)
-            results.append(replace(results[-1], name=tta_name, metrics={**summary["metrics"], "canon_error": None},
-                                   per_zoom=summary["per_zoom"], per_strength=summary["per_strength"], timing=timing,
-                                   dec_modules=[]))
-        del model, runner
-    bad = [{"path": data.samples[i].rel, "reason": unreadable[i]} for i in sorted(unreadable)]
-    found = len(data.samples) + len(data.unreadable)  # the scan's bad entries (FIFOs, locked folders) count too
-    bad = sorted(bad + data.unreadable, key=lambda b: b["path"])
-    report = Report(
-        data={
-            "root": str(data_dir), "labels": data.labels, "classes": len(data.classes), "images": found,
-            "evaluated": found - len(bad), "unreadable": len(bad), "zoom_sweep": data.zoom_sweep,
-            "zooms": data.zooms(),
-        },
-        settings={
-            "warps": k, "scale_range": list(settings.scale_range), "grid": settings.grid, "rows": settings.rows,
-            "seed": settings.seed, "img_size": settings.img_size, "limit": settings.limit, "amp": settings.amp,
-            "tta_scales": list(settings.tta_scales) or None,
-        },
-        models=results,
-        unreadable=bad,
-    )
-    for t in thresholds:
-        if (t.metric.startswith("residual_") or t.metric == "canon_error") and not any(m.dec for m in results):
-            raise UsageError(f"--fail-if {t.expr!r}: no model has DEC modules, so there is no {t.metric}",
-                             "drop the rule or evaluate a DEC checkpoint (the rule applies to DEC models only)")
+        results.extend(_evaluate_model(run, spec, name))
+    report = _report(run, results)
+    _check_dec_rules(thresholds, results)
     report.fail_if = check_thresholds(report, thresholds)
     return report
 
 
-def check_thresholds(report: Report, thresholds: Sequence[Threshold]) -> list[dict[str, Any]]:
-    """Every (rule, model) pair with the measured value and whether the rule is violated."""
-    rows = []
-    for t in thresholds:
-        for m in report.models:
-            value = report.data["unreadable"] if t.metric == "unreadable" else m.metrics.get(t.metric)
-            if value is None:
-                continue
-            rows.append({"expr": t.expr, "model": m.name, "metric": t.metric, "value": value,
-                         "violated": t.violated(float(value))})
-    return rows
+def _evaluate_model(run: _Run, spec: ModelSpec, name: str) -> list[ModelResult]:
+    """The row of one model, and its ``+tta`` row when ``--tta-scales`` asks for one."""
+    settings, data = run.settings, run.data
+    torch.manual_seed(settings.seed)  # models without weights get a reproducible random init
+    model = load_for_eval(spec, run.dist.device)
+    info = info_of(model)
+    mapping, how = class_to_output(data.classes, num_classes=int(info.num_classes), class_names=info.class_names,
+                                   class_map=settings.class_map, model_name=name) if data.labels else (None, None)
+    size = input_size(model, settings.img_size)
+    cfg = data_config(model, size)
+    check_batch_fits(settings.batch_size, cfg["input_size"], run.dist.device,
+                     tensors=2 + run.warps + EVAL_ACTIVATIONS)
+    transform = eval_transform(model, size)
+    decs = dec_modules(model) if info.dec else []
+    blocks = dec_blocks(model) if decs else []
+    runner = torch.compile(model, mode="reduce-overhead" if run.dist.device.type == "cuda" else "default") \
+        if settings.compile else model
+    records, errors, timing = _run_model(run, _Pass(runner, decs, mapping, transform, run.reporter(name),
+                                                     [b for _, b in blocks]))
+    _note_unreadable(run, errors)
+    summary = run.summarize(records)
+    canon_error, modules = summarize_dec(sort_records(records), [p for p, _ in blocks]) if blocks else (None, [])
+    result = ModelResult(
+        name=name, source=spec.source, model_name=info.model_name, dec=info.dec,
+        num_classes=int(info.num_classes), class_mapping=how, input_size=list(cfg["input_size"]),
+        metrics={**summary["metrics"], "canon_error": canon_error}, per_zoom=summary["per_zoom"],
+        per_strength=summary["per_strength"], timing=timing, weights_conversion=info.weights_conversion,
+        dec_modules=modules,
+    )
+    if not settings.tta_scales:
+        return [result]
+    tta_name = f"{name}+tta"
+    records, _, timing = _run_model(run, _Pass(ScaleSearch(runner, settings.tta_scales), [], mapping, transform,
+                                               run.reporter(tta_name)))
+    summary = run.summarize(records)
+    return [result, replace(result, name=tta_name, metrics={**summary["metrics"], "canon_error": None},
+                            per_zoom=summary["per_zoom"], per_strength=summary["per_strength"], timing=timing,
+                            dec_modules=[])]
+
+
+def _note_unreadable(run: _Run, errors: Sequence[tuple[int, str]]) -> None:
+    """Remember the images a model could not read; when none could be read, stop (UsageError)."""
+    for idx, reason in errors:
+        run.unreadable.setdefault(idx, reason)
+    if len(run.unreadable) == len(run.data.samples):
+        first = min(run.unreadable)
+        raise UsageError(f"none of the {len(run.unreadable)} images in {run.data_dir} could be read "
+                         f"(first: {run.data.samples[first].rel}: {run.unreadable[first]})",
+                         "check the files are images Pillow can open")
+
+
+def _report(run: _Run, results: list[ModelResult]) -> Report:
+    """The report of a finished run (``fail_if`` still empty)."""
+    data, settings = run.data, run.settings
+    bad = [{"path": data.samples[i].rel, "reason": run.unreadable[i]} for i in sorted(run.unreadable)]
+    found = len(data.samples) + len(data.unreadable)  # the scan's bad entries (FIFOs, locked folders) count too
+    bad = sorted(bad + data.unreadable, key=lambda b: b["path"])
+    return Report(
+        data={
+            "root": str(run.data_dir), "labels": data.labels, "classes": len(data.classes), "images": found,
+            "evaluated": found - len(bad), "unreadable": len(bad), "zoom_sweep": data.zoom_sweep,
+            "zooms": data.zooms(),
+        },
+        settings={
+            "warps": run.warps, "scale_range": list(settings.scale_range), "grid": settings.grid,
+            "rows": settings.rows, "seed": settings.seed, "img_size": settings.img_size, "limit": settings.limit,
+            "amp": settings.amp, "tta_scales": list(settings.tta_scales) or None,
+        },
+        models=results,
+        unreadable=bad,
+    )
+
+
+# --------------------------------------------------------------------------- one model's pass
 
 
 def _forward(model: torch.nn.Module, x: torch.Tensor, amp: bool) -> torch.Tensor:
@@ -364,73 +355,83 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _run_model(model, decs, data: ImageFolderData, mapping, transform, k: int, settings: EvalSettings,
-               dist_info: D.DistInfo, warp_cache: dict[str, Warp], progress: Callable[[int, int], Any],
-               blocks: Sequence[torch.nn.Module] = ()):
-    """Evaluate one model on this rank's shard; returns gathered records, unreadable files, timing.
-
-    ``blocks``: the model's DEC blocks, whose canonicalization diagnostics are recorded per image.
-    """
-    device = dist_info.device
-    dataset = ImageDataset(data.samples, transform, mapping)
+def _run_model(run: _Run, job: _Pass) -> tuple[dict[str, np.ndarray], list[tuple[int, str]], dict[str, Any]]:
+    """Evaluate one model on this rank's shard; returns gathered records, unreadable files, timing."""
+    device, settings = run.dist.device, run.settings
+    dataset = ImageDataset(run.data.samples, job.transform, job.mapping)
     loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=D.eval_sampler(dataset),
                         num_workers=settings.workers, collate_fn=collate_skip,
                         pin_memory=device.type == "cuda")
-    total = len(data.samples)
+    total = len(run.data.samples)
     done_local = 0
     parts: list[dict[str, np.ndarray]] = []
     errors: list[tuple[int, str]] = []
     times: list[tuple[float, int]] = []
-    probe = Probe(blocks, k) if blocks else None
-    with torch.inference_mode(), capture(blocks):
+    probe = Probe(job.blocks, run.warps) if job.blocks else None
+    with torch.inference_mode(), capture(job.blocks):
         for batch in loader:
             errors.extend(batch.errors)
             done_local += len(batch.indices) + len(batch.errors)
-            if batch.images is None:
-                progress(min(done_local * dist_info.world, total), total)
-                continue
-            x = batch.images.to(device, non_blocking=True)
-            b = x.shape[0]
-            _sync(device)
-            t0 = time.perf_counter()
-            clean = _forward(model, x, settings.amp)
-            _sync(device)
-            times.append((time.perf_counter() - t0, b))
+            if batch.images is not None:
+                rec, seconds = _batch_records(run, job, probe, batch)
+                parts.append(rec)
+                times.append((seconds, len(rec["index"])))
+            job.progress(min(done_local * run.dist.world, total), total)
+    return _gather(run, parts, errors, times)
+
+
+def _batch_records(run: _Run, job: _Pass, probe: Optional[Probe], batch: Any) -> tuple[dict[str, np.ndarray], float]:
+    """The per-image records of one batch (clean and warped predictions, residuals, diagnostics) and
+    the time of its clean forward."""
+    settings, device, k = run.settings, run.dist.device, run.warps
+    x = batch.images.to(device, non_blocking=True)
+    b = x.shape[0]
+    _sync(device)
+    t0 = time.perf_counter()
+    clean = _forward(job.model, x, settings.amp)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    if probe:
+        probe.clean()
+    res = [_residuals(job.decs, b)] if job.decs else []
+    warped = strength = None
+    if k:
+        warps = batch_warps([run.data.samples[int(i)].rel for i in batch.indices], k, settings, run.warp_cache)
+        strength = warp_strength(warps.slopes()).view(b, k)
+        xw = apply_warp(x.repeat_interleave(k, dim=0), warps.to(device))
+        chunks = []
+        for start in range(0, b * k, settings.batch_size):
+            chunks.append(_forward(job.model, xw[start:start + settings.batch_size], settings.amp))
             if probe:
-                probe.clean()
-            res = [_residuals(decs, b)] if decs else []
-            warped = strength = None
-            if k:
-                rels = [data.samples[int(i)].rel for i in batch.indices]
-                warps = batch_warps(rels, k, settings, warp_cache)
-                strength = warp_strength(warps.slopes()).view(b, k)
-                xw = apply_warp(x.repeat_interleave(k, dim=0), warps.to(device))
-                chunks = []
-                for start in range(0, b * k, settings.batch_size):
-                    chunks.append(_forward(model, xw[start:start + settings.batch_size], settings.amp))
-                    if probe:
-                        probe.warped(start)
-                    if decs:
-                        r = _residuals(decs, chunks[-1].shape[0])
-                        res.append(None if r is None else r)
-                warped = torch.cat(chunks).view(b, k, -1)
-            rec = batch_records(clean, batch.labels, warped, strength)
-            rec["index"] = batch.indices.numpy().astype(np.int64)
-            if probe:
-                rec.update(probe.records())
-            if decs and all(r is not None for r in res):
-                clean_res = res[0]  # (b, M)
-                per_image = [clean_res]
-                if len(res) > 1:
-                    w = torch.cat(res[1:]).view(b, k, -1).flatten(1)  # (b, K*M)
-                    per_image.append(w)
-                allr = torch.cat(per_image, dim=1).double()
-                rec["res_mean"] = allr.mean(dim=1).numpy()
-                rec["res_max"] = allr.amax(dim=1).numpy()
-            parts.append(rec)
-            progress(min(done_local * dist_info.world, total), total)
-    local = concat_records(parts)
-    gathered = D.all_gather_objects((local, errors))
+                probe.warped(start)
+            if job.decs:
+                res.append(_residuals(job.decs, chunks[-1].shape[0]))
+        warped = torch.cat(chunks).view(b, k, -1)
+    rec = batch_records(clean, batch.labels, warped, strength)
+    rec["index"] = batch.indices.numpy().astype(np.int64)
+    if probe:
+        rec.update(probe.records())
+    if job.decs and all(r is not None for r in res):
+        rec.update(_residual_records(res, b, k))
+    return rec, seconds
+
+
+def _residual_records(res: Sequence[torch.Tensor], b: int, k: int) -> dict[str, np.ndarray]:
+    """Per image, the mean and max solver residual over its clean forward and its K warped copies.
+
+    ``res[0]`` is the clean batch's (b, M); the rest are the warped chunks', image-major.
+    """
+    per_image = [res[0]]
+    if len(res) > 1:
+        per_image.append(torch.cat(list(res[1:])).view(b, k, -1).flatten(1))  # (b, K*M)
+    allr = torch.cat(per_image, dim=1).double()
+    return {"res_mean": allr.mean(dim=1).numpy(), "res_max": allr.amax(dim=1).numpy()}
+
+
+def _gather(run: _Run, parts: list[dict[str, np.ndarray]], errors: list[tuple[int, str]],
+            times: list[tuple[float, int]]) -> tuple[dict[str, np.ndarray], list[tuple[int, str]], dict[str, Any]]:
+    """All ranks' records and unreadable files, and the timing (forward seconds summed over ranks)."""
+    gathered = D.all_gather_objects((concat_records(parts), errors))
     records = concat_records([g[0] for g in gathered])
     all_errors = sorted(e for g in gathered for e in g[1])
     # Latency: forward time per image, leaving out the first (warm-up) batch when there are others.
@@ -440,9 +441,9 @@ def _run_model(model, decs, data: ImageFolderData, mapping, transform, k: int, s
     timing = {
         "latency_ms": latency,
         "images_per_s": (sums["images"] / sums["seconds"]) if sums["seconds"] > 0 else None,
-        "device": str(device), "world_size": dist_info.world, "amp": settings.amp, "compile": settings.compile,
+        "device": str(run.dist.device), "world_size": run.dist.world, "amp": run.settings.amp,
+        "compile": run.settings.compile,
     }
     if not records:
         records = {"index": np.zeros(0, dtype=np.int64)}
     return records, all_errors, timing
-

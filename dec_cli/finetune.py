@@ -22,7 +22,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -32,12 +32,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from dec_cli import distributed as dist_utils
+from dec_cli.backbone import create_backbone
 from dec_cli.canonloss import canon_loss, dec_outputs
+from dec_cli.checkpoint import load_model
 from dec_cli.config import merge_options
 from dec_cli.errors import DecError, UsageError, first_line
 from dec_cli.files import atomic_path, remove_stale_temporaries
 from dec_cli.memory import TRAIN_ACTIVATIONS, check_batch_fits
 from dec_cli.metrics import symmetric_kl
+from dec_cli.modelinfo import info_of, input_size, set_info
 from dec_cli.warp import (DEFAULT_SCALE_RANGE, MAX_GRID, MAX_ROWS, Warp, apply_warp, check_scale_range, key_seed,
                           keyed_warp, random_warp)
 
@@ -238,8 +241,6 @@ def prepare_model(ckpt: str, classes: list[str], cfg: FinetuneConfig) -> tuple[n
     The data's classes must equal the checkpoint's (names, or the output count
     for models without names) unless ``--num-classes`` asks for a new head.
     """
-    from dec_cli.checkpoint import create_backbone, load_model
-
     if Path(ckpt).is_file():
         if cfg.weights is not None or cfg.pretrained:
             raise UsageError("--weights/--pretrained apply to timm model names, not to checkpoints",
@@ -247,13 +248,9 @@ def prepare_model(ckpt: str, classes: list[str], cfg: FinetuneConfig) -> tuple[n
         model = load_model(ckpt, device="cpu")
     else:
         model = create_backbone(ckpt, weights=cfg.weights, pretrained=cfg.pretrained, img_size=cfg.img_size)
-    info = getattr(model, "dec_info", None)
-    if info is None:
-        info = {"model_name": ckpt, "num_classes": getattr(model, "num_classes", None), "class_names": None,
-                "dec": False, "model_kwargs": {}}
-        model.dec_info = info
-    have_names = info.get("class_names")
-    have_n = int(info.get("num_classes") or getattr(model, "num_classes", 0) or 0)
+    info = info_of(model)
+    have_names = info.class_names
+    have_n = int(info.num_classes or getattr(model, "num_classes", 0) or 0)
     n = len(classes)
     new_head = False
     if cfg.num_classes is not None:
@@ -281,31 +278,17 @@ def prepare_model(ckpt: str, classes: list[str], cfg: FinetuneConfig) -> tuple[n
     if new_head:
         torch.manual_seed(key_seed(cfg.seed, "head"))
         model.reset_classifier(n)
-        info["num_classes"] = n
-        kwargs = info.get("model_kwargs")
-        if isinstance(kwargs, dict) and "num_classes" in kwargs:
-            kwargs["num_classes"] = n
-    info["class_names"] = list(classes)
-    if cfg.img_size is not None:
-        info["img_size"] = int(cfg.img_size)  # checkpoints remember their input size for evaluate
+        kwargs = info.model_kwargs
+        info = replace(info, num_classes=n,
+                       model_kwargs={**kwargs, "num_classes": n} if "num_classes" in kwargs else kwargs)
+    img_size = info.img_size if cfg.img_size is None else cfg.img_size  # checkpoints remember it, for evaluate
+    set_info(model, replace(info, class_names=list(classes), img_size=img_size))
     if not hasattr(model, "num_classes") or model.num_classes != n:
         try:
             model.num_classes = n
         except (AttributeError, TypeError):
             pass
     return model, new_head
-
-
-def model_img_size(model: nn.Module) -> Optional[int]:
-    """A fixed square input size the model was built for (a ViT's ``img_size``), when it differs from
-    its pretrained config's; None otherwise (timm's data config then decides)."""
-    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if size is None or getattr(model.patch_embed, "dynamic_img_size", False):
-        return None
-    cfg_size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
-    if cfg_size is not None and tuple(cfg_size[-2:]) == tuple(size):
-        return None
-    return int(size[0]) if size[0] == size[1] else None
 
 
 def split_parameters(model: nn.Module, new_head: bool) -> dict[str, list[nn.Parameter]]:
@@ -377,7 +360,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model, new_head = prepare_model(self.ckpt, self.classes, cfg)
         self.new_head = new_head
-        self.weights_conversion = (getattr(model, "dec_info", None) or {}).get("weights_conversion")
+        self.weights_conversion = info_of(model).weights_conversion
         groups = split_parameters(model, new_head)
         self.has_dec = bool(groups["dec"])
         if cfg.dec_warmup_epochs and not self.has_dec:
@@ -403,7 +386,7 @@ class Trainer:
         self.model = model
 
         from dec_cli.data import ImageDataset, eval_transform
-        transform = eval_transform(model, cfg.img_size or model_img_size(model))
+        transform = eval_transform(model, input_size(model, cfg.img_size))
         self.train_set = ImageDataset(self.splits.train.samples, transform)
         self.val_set = ImageDataset(self.splits.val.samples, transform)
         self.train_sampler = dist_utils.train_sampler(self.train_set, seed=cfg.seed)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 from torch import Tensor, nn
+from timm.models.efficientnet import EfficientNet
 
 from dec_cli.errors import DecError
 
@@ -21,7 +22,7 @@ _HINT = "the file is damaged or holds another model's weights; nothing was loade
 
 @dataclass(frozen=True)
 class Conversion:
-    """What a conversion did, for the caller to report (``dec_info['weights_conversion']``)."""
+    """What a conversion did, for the caller to report (``DecInfo.weights_conversion``)."""
 
     source: str
     layout: str
@@ -68,8 +69,6 @@ _EFFNET_BLOCKS = {
 
 
 def _is_timm_efficientnet(model: nn.Module) -> bool:
-    from timm.models.efficientnet import EfficientNet
-
     return isinstance(model, EfficientNet)
 
 

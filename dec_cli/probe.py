@@ -13,19 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from dec_cli.errors import DecError, first_line
-
-
-def input_size(model: nn.Module, img_size: Optional[int] = None) -> tuple[int, int]:
-    """(H, W) of a dry-run input: ``img_size``, else the patch embedding's size, else timm's config."""
-    if img_size:
-        return int(img_size), int(img_size)
-    pe = getattr(model, "patch_embed", None)
-    size = getattr(pe, "img_size", None)
-    if size is not None:
-        return int(size[0]), int(size[1])
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = cfg.get("input_size", (3, 224, 224))
-    return int(size[-2]), int(size[-1])
+from dec_cli.modelinfo import dry_run_size
 
 
 def probe_inputs(model: nn.Module, paths: Sequence[str], img_size: Optional[int] = None,
@@ -53,7 +41,7 @@ def probe_inputs(model: nn.Module, paths: Sequence[str], img_size: Optional[int]
     proj = getattr(getattr(model, "patch_embed", None), "proj", None)
     in_chans = getattr(proj, "in_channels", None) \
         or int(getattr(model, "pretrained_cfg", {}).get("input_size", (3,))[0] or 3)
-    h, w = input_size(model, img_size)
+    h, w = dry_run_size(model, img_size)
     try:
         model.eval()
         with torch.no_grad():

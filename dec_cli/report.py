@@ -1,4 +1,4 @@
-"""Render a :class:`dec_cli.evaluate.Report`: Rich tables, JSON, Markdown and a PNG plot.
+"""The report of ``dec evaluate`` (:class:`Report`) and its renderings: Rich tables, JSON, Markdown, a PNG plot.
 
 JSON schema (``schema_version`` 1; keys are only ever added, never renamed):
 
@@ -28,16 +28,73 @@ JSON schema (``schema_version`` 1; keys are only ever added, never renamed):
 
 from __future__ import annotations
 
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from PIL import Image, ImageDraw, ImageFont
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from dec_cli.diagnostics import module_rows
 from dec_cli.display import printable
+from dec_cli.errors import UsageError
 from dec_cli.files import atomic_path, write_text_atomic
+from dec_cli.version import __version__
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ModelResult:
+    """One model's results; ``metrics`` is deterministic for a fixed seed, ``timing`` is not."""
+
+    name: str
+    source: str
+    model_name: str
+    dec: bool
+    num_classes: int
+    class_mapping: Optional[str]  # None in a label-free run
+    input_size: list[int]
+    metrics: dict[str, Any]
+    per_zoom: list[dict[str, Any]]
+    per_strength: list[dict[str, Any]]
+    timing: dict[str, Any]
+    weights_conversion: Optional[dict[str, Any]] = None  # --weights renamed from a foreign key layout
+    dec_modules: list[dict[str, Any]] = field(default_factory=list)  # dec_cli.diagnostics.summarize_dec
+
+
+@dataclass
+class Report:
+    """The outcome of ``dec evaluate``; :meth:`to_dict` is the JSON document (its schema: this module's docstring)."""
+
+    data: dict[str, Any]
+    settings: dict[str, Any]
+    models: list[ModelResult]
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    fail_if: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def zoom_sweep(self) -> bool:
+        return bool(self.data.get("zoom_sweep"))
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [row for row in self.fail_if if row["violated"]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "dec", "version": __version__, "command": "evaluate"},
+            "data": self.data,
+            "settings": self.settings,
+            "models": [asdict(m) for m in self.models],
+            "unreadable": self.unreadable,
+            "fail_if": self.fail_if,
+        }
+
 
 SUMMARY_COLUMNS = [
     ("top1", "top-1"), ("top5", "top-5"), ("warped_top1", "warped top-1"), ("inv_error", "inv. error"),
@@ -61,7 +118,7 @@ def fmt(key: str, value: Any) -> str:
     return str(value)
 
 
-def _summary_rows(report) -> tuple[list[str], list[list[str]]]:
+def _summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """One row per metric, one column per model (side by side)."""
     header = ["metric"] + [m.name for m in report.models]
     rows = [["DEC"] + ["yes" if m.dec else "no" for m in report.models],
@@ -74,11 +131,11 @@ def _summary_rows(report) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _labelled(report) -> bool:
+def _labelled(report: Report) -> bool:
     return report.data.get("labels", True)
 
 
-def _pair_cell(report, row: Optional[dict[str, Any]]) -> str:
+def _pair_cell(report: Report, row: Optional[dict[str, Any]]) -> str:
     """A per-zoom or per-strength cell: top-1 / consistency, or consistency alone without labels."""
     if row is None:
         return "-"
@@ -87,11 +144,11 @@ def _pair_cell(report, row: Optional[dict[str, Any]]) -> str:
     return f"{fmt('top1', row['top1'])} / {fmt('consistency', row['consistency'])}"
 
 
-def _pair_header(report, name: str) -> str:
+def _pair_header(report: Report, name: str) -> str:
     return f"{name} top-1 / consist." if _labelled(report) else f"{name} consist."
 
 
-def _zoom_rows(report) -> tuple[list[str], list[list[str]]]:
+def _zoom_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     zooms = report.data.get("zooms") or []
     header = ["zoom"] + [_pair_header(report, m.name) for m in report.models]
     rows = []
@@ -103,7 +160,7 @@ def _zoom_rows(report) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _strength_rows(report) -> tuple[list[str], list[list[str]]]:
+def _strength_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     first = next((m.per_strength for m in report.models if m.per_strength), [])
     header = ["warp strength"] + [_pair_header(report, m.name) for m in report.models]
     rows = []
@@ -115,12 +172,12 @@ def _strength_rows(report) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _classes_text(report) -> str:
+def _classes_text(report: Report) -> str:
     d = report.data
     return f"{d['classes']} classes" if _labelled(report) else NO_LABELS
 
 
-def render_tables(report, console: Console, *, max_unreadable: int = 10) -> None:
+def render_tables(report: Report, console: Console, *, max_unreadable: int = 10) -> None:
     """Print the human report: summary, per-zoom or per-strength table, skipped files, rule results."""
     d = report.data
     s = report.settings
@@ -154,7 +211,7 @@ def render_tables(report, console: Console, *, max_unreadable: int = 10) -> None
         console.print(f"{mark} {escape(rule['expr'])} ({escape(rule['model'])}: {rule['metric']} = {rule['value']:.4g})")
 
 
-def to_markdown(report) -> str:
+def to_markdown(report: Report) -> str:
     """The report as GitHub-flavoured Markdown tables."""
     d = report.data
     s = report.settings
@@ -183,7 +240,7 @@ def to_markdown(report) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(report, path: str | Path) -> None:
+def write_markdown(report: Report, path: str | Path) -> None:
     write_text_atomic(path, to_markdown(report))
 
 
@@ -193,7 +250,7 @@ _COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 1
            (227, 119, 194), (127, 127, 127)]
 
 
-def plot_series(report) -> tuple[str, list[float], list[tuple[str, list[Optional[float]], list[Optional[float]]]]]:
+def plot_series(report: Report) -> tuple[str, list[float], list[tuple[str, list[Optional[float]], list[Optional[float]]]]]:
     """(x label, x values, [(model, accuracy, consistency)]) for the plot: zoom factors or warp strength."""
     if report.data["zoom_sweep"]:
         xs = list(report.data["zooms"])
@@ -210,11 +267,9 @@ def plot_series(report) -> tuple[str, list[float], list[tuple[str, list[Optional
     return "warp strength (RMS local scale factor)", xs, series
 
 
-def write_plot(report, path: str | Path, *, size: tuple[int, int] = (1000, 440)) -> None:
+def write_plot(report: Report, path: str | Path, *, size: tuple[int, int] = (1000, 440)) -> None:
     """Two panels (accuracy, consistency) against zoom factor or warp strength, one line per model;
     a run without labels has no accuracy, so it gets the consistency panel alone."""
-    from PIL import Image, ImageDraw, ImageFont
-
     xlabel, xs, series = plot_series(report)
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
@@ -264,10 +319,6 @@ def write_plot(report, path: str | Path, *, size: tuple[int, int] = (1000, 440))
 
 def check_writable(path: Optional[str], option: str) -> None:
     """Fail early (exit 2) when an output could not be written, before minutes of evaluation."""
-    import os
-
-    from dec_cli.errors import UsageError
-
     if path is None or path == "-":
         return
     target = Path(path)
@@ -281,7 +332,7 @@ def check_writable(path: Optional[str], option: str) -> None:
                          "choose a writable location")
 
 
-def write_outputs(report, *, markdown: Optional[str] = None, plot: Optional[str] = None) -> list[str]:
+def write_outputs(report: Report, *, markdown: Optional[str] = None, plot: Optional[str] = None) -> list[str]:
     """Write the Markdown and PNG outputs that were asked for; returns the paths written."""
     written = []
     if markdown:

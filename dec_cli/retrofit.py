@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from dec_cli.autorecipe import AUTO, auto_recipe
 from dec_cli.canonicalizer import DEC, LAYOUTS, DECSettings, to_map
 from dec_cli.errors import UsageError
+from dec_cli.modelinfo import info_of, set_info
 from dec_cli.probe import probe_inputs
 from dec_cli.warp import apply_warp
 
@@ -257,14 +258,6 @@ def _record_image_size(module: nn.Module, args: tuple) -> None:
 # --------------------------------------------------------------------------- retrofit
 
 
-def model_name_of(model: nn.Module) -> str:
-    info = getattr(model, "dec_info", None) or {}
-    name = info.get("model_name") or getattr(model, "pretrained_cfg", {}).get("architecture")
-    if not name:
-        raise UsageError("cannot tell which timm model this is", "create it with dec_cli.checkpoint.create_backbone")
-    return str(name)
-
-
 def _channels(shape: tuple, layout: str) -> int:
     return int(shape[1]) if layout == "nchw" else int(shape[-1])
 
@@ -283,9 +276,10 @@ def retrofit(model: nn.Module, *, recipe: Union[None, str, Path, dict, Recipe] =
     """Insert DEC modules into the timm ``model`` in place and return it.
 
     At init every DEC proposes the identity warp, so the model computes what it
-    computed before (up to float rounding). Sets ``model.dec_info``.
+    computed before (up to float rounding). Records the resolved recipe in ``model.dec_info``.
     """
-    name = model_name_of(model)
+    info = info_of(model)
+    name = info.model_name
     stored_points = recipe.get("points") if isinstance(recipe, dict) else None
     if isinstance(at, str):
         at = [a.strip() for a in at.split(",") if a.strip()]
@@ -355,13 +349,7 @@ def retrofit(model: nn.Module, *, recipe: Union[None, str, Path, dict, Recipe] =
     resolved.update(at=points, mode=mode, dec=settings.to_dict(),
                     points=[{"path": p, "layout": rec.layout, "in_channels": channels[p],
                              "shape": list(shapes.get(p) or [])[1:], "prefix_tokens": prefix} for p in points])
-    info = dict(getattr(model, "dec_info", None) or {})
-    info.setdefault("model_name", name)
-    info.setdefault("num_classes", getattr(model, "num_classes", None))
-    info.setdefault("class_names", None)
-    info.setdefault("model_kwargs", {})
-    info.update(dec=True, recipe=resolved)
-    model.dec_info = info
+    set_info(model, replace(info, dec=True, recipe=resolved))
     return model
 
 
@@ -398,7 +386,7 @@ def count_parameters(params: Iterable[nn.Parameter]) -> int:
 def insertion_table(model: nn.Module) -> list[dict[str, Any]]:
     """One row per insertion point: path, layout, feature shape, DEC parameter count."""
     rows = []
-    points = {p["path"]: p for p in (getattr(model, "dec_info", {}) or {}).get("recipe", {}).get("points", [])}
+    points = {p["path"]: p for p in (info_of(model).recipe or {}).get("points", [])}
     for name, mod in model.named_modules():
         if isinstance(mod, DECBlock):
             p = points.get(name, {})

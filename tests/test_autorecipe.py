@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dec_cli import load_model
-from dec_cli.checkpoint import create_backbone
+from dec_cli.backbone import create_backbone
 from dec_cli.errors import UsageError
 from dec_cli.retrofit import dec_modules, retrofit
 

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from dec_cli import load_model, save_model
-from dec_cli.checkpoint import create_backbone, read_metadata
+from dec_cli.backbone import create_backbone
+from dec_cli.checkpoint import read_metadata
 from dec_cli.errors import DecError, UsageError
 from dec_cli.retrofit import dec_modules, retrofit
 

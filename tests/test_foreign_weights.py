@@ -18,7 +18,7 @@ from PIL import Image
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
 from dec_cli import load_model
-from dec_cli.checkpoint import read_weights
+from dec_cli.weights import read_weights
 from dec_cli.errors import DecError
 from dec_cli.foreign_weights import convert, detect_layout
 
@@ -106,7 +106,7 @@ def test_torchvision_resnet_weights_still_load_as_they_are(tmp_path):
     path = _saved(tmp_path, reference.state_dict(), "resnet18_torchvision.pth")
     assert detect_layout(reference.state_dict()) is None  # timm's ResNet keys are torchvision's
     model = load_model("resnet18", weights=path)
-    assert "weights_conversion" not in model.dec_info
+    assert model.dec_info["weights_conversion"] is None
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert (model(x) - reference(x)).abs().max().item() <= 1e-5

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dec_cli.checkpoint import create_backbone
+from dec_cli.backbone import create_backbone
 from dec_cli.errors import UsageError
 from dec_cli.retrofit import (DECBlock, backbone_parameters, builtin_recipes, dec_modules, dec_parameters,
                               find_recipe, retrofit)
