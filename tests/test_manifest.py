@@ -1,4 +1,4 @@
-"""Hostile and careless manifests: `dec unwarp` and `dec evaluate` judge every record (dec_cli.manifest).
+"""Hostile and careless manifests: `dec unwarp` and `dec evaluate` judge every record (dec_cli.treeformat).
 
 Paths that leave their root (``..``, absolute, through a symlink), knots that do not make a valid
 warp, and lines that are not records are listed as bad with their line number; the valid records
@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from dec_cli.manifest import check_warp, read_manifest
-from dec_cli.warp import SCALE_LIMITS, keyed_warp, zoom_warp
+from dec_cli.randomwarp import keyed_warp
+from dec_cli.scalerange import SCALE_LIMITS
+from dec_cli.treeformat import check_warp, read_manifest
+from dec_cli.zoom import zoom_warp
 
 DATA = Path(__file__).parent / "data"
 
