@@ -45,9 +45,10 @@ def image_key(rel: str, *, split: str | None = None, copy: int | None = None) ->
 
     - `dec evaluate`: ``rel`` under ``--data``; the image's K warps are drawn in
       one go from this key.
-    - `dec finetune` validation: ``split="val"`` gives ``"val/" + rel``, the
-      path under DATA, so the warps that pick the best epoch are not the ones
-      `dec evaluate --data DATA/val` draws with the same seed.
+    - `dec finetune` validation: ``split="val"`` gives ``"val/" + rel``:
+      finetune names its images by split and path (as in its bad-file list),
+      so its validation warps are not the ones `dec evaluate --data DATA/val`
+      draws with the same seed.
     - `dec warp`: ``copy=i`` appends ``"\\0copy=i"`` (``i`` is 0 without
       ``--copies``): each copy of a file gets its own warp, and no file path can
       produce that key (paths hold no NUL).
