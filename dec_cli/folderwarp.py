@@ -73,10 +73,7 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
     ``json_path``, where the caller will write the summary, may not lie in an input folder or be
     one of this job's files.
     """
-    if overwrite and resume:
-        raise UsageError("--overwrite and --resume exclude each other", "use one of them")
-    if workers < 1:
-        raise UsageError(f"--workers must be >= 1; got {workers}")
+    _check_job_options(overwrite, resume, workers)
     src_p, dst_p = Path(src), Path(dst)
     box_map = None if boxes is None else load_boxes(boxes)
     plan, scan_bad = plan_warp(src_p, dst_p, settings, masks=masks, boxes=boxes)
@@ -87,6 +84,14 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
     with job_lock(dst_p, f"dec warp {src_p} {dst_p}"):
         return _warp_locked(src_p, dst_p, plan, scan_bad, names, settings, masks, box_map,
                             max(1, min(workers, len(plan))), overwrite, resume, on_start, on_progress)
+
+
+def _check_job_options(overwrite: bool, resume: bool, workers: int) -> None:
+    """`UsageError` for options no tree job accepts."""
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume exclude each other", "use one of them")
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1; got {workers}")
 
 
 def _existing_outputs(dst_p: Path, names: Sequence[str]) -> list[str]:
@@ -122,19 +127,13 @@ def _warp_locked(src_p: Path, dst_p: Path, plan: Plan,
         remove_stale_temporaries(dst_p, recursive=True)
     write_json({**job, "outputs": names}, job_file)
     summary = JobSummary("warp", str(src_p), str(dst_p), files=len(plan),
-                         outputs=sum(len(outs) for _, outs, _ in plan), workers=workers)
+                         outputs=sum(len(outs) for _, outs, _ in plan), workers=workers, bad=list(scan_bad))
     ctx = JobContext(str(src_p), str(dst_p), None if masks is None else str(masks), settings, overwrite, resume,
-                   box_map)
-    if on_start:
-        on_start(len(plan))
-    start = time.perf_counter()
-    results = run_tasks(warp_file, ctx, plan, workers, on_progress)
-    summary.bad.extend(scan_bad)
-    records = _collect(summary, results)
+                     box_map)
+    records = _run(summary, warp_file, ctx, plan, on_start, on_progress)
     manifest = dst_p / MANIFEST_NAME
     write_manifest(manifest, records)
     summary.manifest = str(manifest)
-    summary.seconds = time.perf_counter() - start
     return summary
 
 
@@ -146,10 +145,7 @@ def run_unwarp(src: str | os.PathLike, dst: str | os.PathLike, manifest: str | o
 
     Locking, ``workers`` and ``json_path`` as for `run_warp`.
     """
-    if overwrite and resume:
-        raise UsageError("--overwrite and --resume exclude each other", "use one of them")
-    if workers < 1:
-        raise UsageError(f"--workers must be >= 1; got {workers}")
+    _check_job_options(overwrite, resume, workers)
     src_p, dst_p = Path(src), Path(dst)
     check_tree_paths(src_p, dst_p)
     manifest_p = Path(manifest) if manifest is not None else src_p / MANIFEST_NAME
@@ -178,15 +174,23 @@ def _unwarp_locked(src_p: Path, dst_p: Path, found: Manifest, names: list[str], 
     summary = JobSummary("unwarp", str(src_p), str(dst_p), files=len(records) + len(found.bad),
                          outputs=len(records), workers=workers, bad=[b.entry(found.path) for b in found.bad])
     ctx = JobContext(str(src_p), str(dst_p), None, WarpSettings(), overwrite, resume)
-    if on_start:
-        on_start(len(records))
-    start = time.perf_counter()
-    _collect(summary, run_tasks(unwarp_file, ctx, [(r,) for r in records], workers, on_progress))
-    summary.seconds = time.perf_counter() - start
+    _run(summary, unwarp_file, ctx, [(r,) for r in records], on_start, on_progress)
     return summary
 
 
+def _run(summary: JobSummary, fn: Callable[..., dict[str, Any]], ctx: JobContext, tasks: Sequence[tuple],
+         on_start: Callable[[int], None] | None, on_progress: Callable[[int], None] | None) -> list[dict[str, Any]]:
+    """Run every task on ``summary.workers`` workers, add their counts to ``summary``; the manifest records."""
+    if on_start:
+        on_start(len(tasks))
+    start = time.perf_counter()
+    records = _collect(summary, run_tasks(fn, ctx, list(tasks), summary.workers, on_progress))
+    summary.seconds = time.perf_counter() - start
+    return records
+
+
 def _collect(summary: JobSummary, results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add each task's counts and bad entries to ``summary``; the tasks' manifest records, in task order."""
     records: list[dict[str, Any]] = []
     for r in results:
         records.extend(r["records"])

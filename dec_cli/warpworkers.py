@@ -66,6 +66,7 @@ def _object_settings(ctx: JobContext, rel: str, size: tuple[int, int], mask_pic:
 def warp_file(ctx: JobContext, rel: str, outs: list[Output], mask_rel: str | None) -> dict[str, Any]:
     """Warp one source file into all its outputs (run in a worker or inline)."""
     src, dst = Path(ctx.src), Path(ctx.dst)
+
     def mask_of(out: Output) -> str | None:
         return mask_name(out.dst, mask_rel)
 
@@ -175,7 +176,7 @@ def _stopping() -> bool:
 
 
 def run_tasks(fn: Callable[..., dict[str, Any]], ctx: JobContext, tasks: list[tuple], workers: int,
-               on_progress: Callable[[int], None] | None) -> list[dict[str, Any]]:
+              on_progress: Callable[[int], None] | None) -> list[dict[str, Any]]:
     """Run ``fn(ctx, *task)`` for every task; results in task order whatever the worker count."""
     results: list[dict[str, Any] | None] = [None] * len(tasks)
     threads = torch.get_num_threads()
@@ -187,29 +188,36 @@ def run_tasks(fn: Callable[..., dict[str, Any]], ctx: JobContext, tasks: list[tu
                 if on_progress:
                     on_progress(1)
         else:
-            mp = multiprocessing.get_context("spawn")
-            stop = mp.Event()
-            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp, initializer=_init_worker,
-                                        initargs=(stop,)) as pool:
-                futures: dict[cf.Future, int] = {}
-                try:
-                    # Workers are started here, with SIGINT blocked: they inherit the mask, so a
-                    # terminal's Ctrl-C (sent to every process of the job) reaches only this one.
-                    # One that comes meanwhile waits for the unblocking.
-                    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-                    try:
-                        for i, task in enumerate(tasks):
-                            futures[pool.submit(fn, ctx, *task)] = i
-                    finally:
-                        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                    for fut in cf.as_completed(futures):
-                        results[futures[fut]] = fut.result()
-                        if on_progress:
-                            on_progress(1)
-                except BaseException:
-                    stop.set()
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+            _run_in_pool(fn, ctx, tasks, workers, results, on_progress)
     finally:
         torch.set_num_threads(threads)
     return [r for r in results if r is not None]
+
+
+def _run_in_pool(fn: Callable[..., dict[str, Any]], ctx: JobContext, tasks: list[tuple], workers: int,
+                 results: list[dict[str, Any] | None], on_progress: Callable[[int], None] | None) -> None:
+    """`run_tasks` on ``workers`` spawned processes, filling ``results``; on any exception (Ctrl-C included)
+    the workers are told to stop and are waited for before it propagates."""
+    mp = multiprocessing.get_context("spawn")
+    stop = mp.Event()
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp, initializer=_init_worker,
+                                initargs=(stop,)) as pool:
+        futures: dict[cf.Future, int] = {}
+        try:
+            # Workers are started here, with SIGINT blocked: they inherit the mask, so a
+            # terminal's Ctrl-C (sent to every process of the job) reaches only this one.
+            # One that comes meanwhile waits for the unblocking.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                for i, task in enumerate(tasks):
+                    futures[pool.submit(fn, ctx, *task)] = i
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            for fut in cf.as_completed(futures):
+                results[futures[fut]] = fut.result()
+                if on_progress:
+                    on_progress(1)
+        except BaseException:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
