@@ -42,8 +42,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dec_cli import images
-from dec_cli.folderwarp import WarpSettings, run_warp
-from dec_cli.warp import apply_warp, keyed_warp, sampling_grid
+from dec_cli.folderwarp import run_warp
+from dec_cli.randomwarp import keyed_warp
+from dec_cli.treeformat import is_image_path
+from dec_cli.warp import apply_warp
+from dec_cli.warpgrid import sampling_grid
+from dec_cli.warpplan import WarpSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PHOTOS = [ROOT.parent / "shared" / "data" / "photos", ROOT / "examples" / "photos"]
@@ -51,7 +55,7 @@ DEFAULT_PHOTOS = [ROOT.parent / "shared" / "data" / "photos", ROOT / "examples" 
 
 def make_tree(photos: Path, out: Path, n_files: int) -> list[Path]:
     """Resized and cropped variants of the photographs, in their own format, into class folders."""
-    sources = sorted(p for p in photos.iterdir() if images.is_image_path(p) and p.suffix.lower() in (".png", ".jpg"))
+    sources = sorted(p for p in photos.iterdir() if is_image_path(p) and p.suffix.lower() in (".png", ".jpg"))
     sources = [p for p in sources if min(Image.open(p).size) >= 150]
     rng = np.random.default_rng(0)
     made = []

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from dec_cli.canonicalizer import DEC
-from dec_cli.warp import Warp, pixel_centres
+from dec_cli.maps1d import pixel_centres
+from dec_cli.warp import Warp
 
 GRID_POINTS = 16  # points per axis at which the warps are compared
 

@@ -98,6 +98,20 @@ def fail(message: str, hint: Optional[str] = None, code: int = EXIT_USAGE) -> No
     raise err
 
 
+def _scale_range(text: str, option: str = "--scale-range", example: str = "0.75,1.33", *, named: bool = False):
+    """Parse a ``LO,HI`` option into a `ScaleRange`, once, here; a bad one is a usage error (exit 2).
+
+    ``named`` puts the option's name in front of the reason (`dec digits` has two such options).
+    """
+    from dec_cli.errors import UsageError
+    from dec_cli.scalerange import ScaleRange
+
+    try:
+        return ScaleRange.parse(text)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}" if named else str(exc), f"for example {option} {example}") from None
+
+
 # --------------------------------------------------------------------------- dec digits
 
 
@@ -131,15 +145,9 @@ def digits_cmd(
     from rich.table import Table
 
     from dec_cli.digits import DigitsConfig, build_digits, parse_zoom
-    from dec_cli.errors import UsageError
-    from dec_cli.warp import parse_scale_range
 
-    ranges = {}
-    for option, text in (("--scale-range", scale_range), ("--train-scale-range", train_scale_range)):
-        try:
-            ranges[option] = None if text is None else parse_scale_range(text)
-        except ValueError as exc:
-            raise UsageError(f"{option}: {exc}", f"for example {option} 0.6,1.6") from None
+    ranges = {option: None if text is None else _scale_range(text, option, "0.6,1.6", named=True)
+              for option, text in (("--scale-range", scale_range), ("--train-scale-range", train_scale_range))}
     check_report_path(json_dest, "--json", files=[("SRC", src)])
     config = DigitsConfig(seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, digits=digits, cell=cell,
                           scale_range=ranges["--scale-range"], zoom=parse_zoom(zoom), classes=classes,
@@ -216,14 +224,10 @@ def evaluate_cmd(
     from dec_cli.metrics import parse_fail_if
     from dec_cli.report import check_writable, failure_message, render_tables, write_outputs
     from dec_cli.tta import parse_tta_scales
-    from dec_cli.warp import parse_scale_range
 
     thresholds = [parse_fail_if(expr) for expr in (fail_if or [])]
     tta = parse_tta_scales(tta_scales) if tta_scales is not None else ()
-    try:
-        lo_hi = parse_scale_range(scale_range)
-    except ValueError as exc:
-        raise UsageError(str(exc), "for example --scale-range 0.75,1.33") from None
+    lo_hi = _scale_range(scale_range)
     if plot is not None and not plot.lower().endswith(".png"):
         raise UsageError(f"--plot writes PNG; {plot!r} does not end in .png", "for example --plot report.png")
     reports = ((json_dest, "--json"), (markdown, "--markdown"), (plot, "--plot"))
@@ -701,15 +705,12 @@ def warp_cmd(
 
     On each object: dec warp photos/ zoomed/ --zoom 0.8,1,1.25 --center object --boxes boxes.json
     """
-    from dec_cli.folderwarp import WarpSettings, run_warp
+    from dec_cli.folderwarp import run_warp
     from dec_cli.objects import OBJECT
     from dec_cli.report import check_writable
-    from dec_cli.warp import parse_scale_range
+    from dec_cli.warpplan import WarpSettings
 
-    try:
-        lo_hi = parse_scale_range(scale_range)
-    except ValueError as exc:
-        fail(str(exc), "for example --scale-range 0.75,1.33")
+    lo_hi = _scale_range(scale_range)
     zooms = _floats(zoom, "--zoom", "0.8,1,1.25")
     centre = OBJECT if center == OBJECT else _floats(center, "--center", "0.5,0.5", count=2)
     if centre is not None and zooms is None:

@@ -19,16 +19,14 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torch.utils.data import Dataset
+from torchvision import transforms
 
 from dec_cli.errors import UsageError, first_line
-from dec_cli.manifest import read_tree_manifest
+from dec_cli.treeformat import IMAGE_EXTENSIONS, MASKS_DIR, is_image_path, read_tree_manifest, zoom_source_name
 from dec_cli.treescan import TreeScan, check_regular_file, walk_tree
 
-IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
-)
-MASKS_DIR = "masks"
 _WNID = re.compile(r"^n\d{8}$")
 
 
@@ -100,7 +98,7 @@ def scan_image_folder(root: str | Path, labels: Optional[bool] = True) -> ImageF
     if labels:
         data = _scan_classes(root, subdirs)
     else:
-        scan = walk_tree(root, _is_image_name, exclude=masks[0].resolve() if masks else None)
+        scan = walk_tree(root, is_image_path, exclude=masks[0].resolve() if masks else None)
         data = _collect(root, [], [(scan, "", NO_LABEL)], labels=False)
     if records is not None:
         _attach_manifest(data, records)
@@ -110,10 +108,6 @@ def scan_image_folder(root: str | Path, labels: Optional[bool] = True) -> ImageF
 def _visible(folder: Path) -> list[Path]:
     """The entries of ``folder`` (sorted) whose names do not start with a dot."""
     return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-
-
-def _is_image_name(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _is_mask_dir(folder: Path, records: Optional[list[dict[str, Any]]]) -> bool:
@@ -132,7 +126,7 @@ def _scan_classes(root: Path, class_dirs: list[Path]) -> ImageFolderData:
     scans = []
     for label, class_dir in enumerate(class_dirs):
         try:
-            scan = walk_tree(class_dir, _is_image_name)
+            scan = walk_tree(class_dir, is_image_path)
         except OSError as exc:
             scan = TreeScan(bad=[{"path": "", "reason": f"cannot read folder: {exc.strerror or exc}"}])
         scans.append((scan, class_dir.name + "/", label))
@@ -167,17 +161,12 @@ def _attach_manifest(data: ImageFolderData, records: list[dict[str, Any]]) -> No
         row = rows.get(s.rel)
         if row is not None and row.get("kind") == "zoom" and row.get("zoom") is not None:
             zoom_seen = True
-            source = str(row.get("src") or _strip_zoom_suffix(s.rel))
+            source = str(row.get("src") or zoom_source_name(s.rel))
             samples.append(Sample(s.path, s.rel, s.label, float(row["zoom"]), source))
         else:
             samples.append(s)
     data.samples = samples
     data.zoom_sweep = zoom_seen
-
-
-def _strip_zoom_suffix(rel: str) -> str:
-    """``cls/cat.z1.2.png`` -> ``cls/cat.png`` (fallback grouping when ``src`` is missing)."""
-    return re.sub(r"\.z[0-9.eE+-]+(\.[^./]+)$", r"\1", rel)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -289,8 +278,6 @@ def data_config(model: Any, img_size: Optional[int] = None) -> dict[str, Any]:
     Without ``img_size`` the size a checkpoint was trained at (``dec_info["img_size"]``)
     wins over timm's default: convolutional nets accept any size, so timm cannot know it.
     """
-    from timm.data import resolve_data_config
-
     if img_size is None:
         img_size = (getattr(model, "dec_info", None) or {}).get("img_size")
 
@@ -321,13 +308,9 @@ def eval_transform(model: Any, img_size: Optional[int] = None) -> Callable:
 
     Images arrive as RGB (see :func:`load_image`); a one-channel model gets them as gray.
     """
-    from timm.data import create_transform
-
     cfg = data_config(model, img_size)
     transform = create_transform(**cfg, is_training=False)
     if cfg["input_size"][0] == 1:
-        from torchvision import transforms
-
         return transforms.Compose([transforms.Grayscale(1), transform])
     return transform
 
@@ -406,8 +389,6 @@ def class_to_output(classes: Sequence[str], *, num_classes: int, class_names: Op
     elif class_names:
         names, how = list(class_names), "checkpoint"
     elif num_classes == 1000 and all(_WNID.match(c) for c in classes):
-        from timm.data import ImageNetInfo
-
         names, how = list(ImageNetInfo().label_names()), "wordnet"
     if names is not None:
         if len(names) > num_classes:

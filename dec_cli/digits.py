@@ -30,14 +30,15 @@ import numpy as np
 from PIL import Image
 
 from dec_cli.errors import UsageError
-from dec_cli.warp import check_scale_range
+from dec_cli.scalerange import ScaleRange
+from dec_cli.treeformat import MANIFEST_NAME, output_name, write_manifest, zoom_tag
 
 SPLITS = ("train", "val", "test")
 ZOOM_DIR = "test-zoom"
 COMPOSITES_FILE = "composites.jsonl"
 INFO_FILE = "digits.json"
 DEFAULT_ZOOM = (0.6, 0.8, 1.0, 1.25, 1.6)
-DEFAULT_SCALE_RANGE = (0.6, 1.6)
+DEFAULT_SCALE_RANGE = ScaleRange(0.6, 1.6)
 #: Side of a digit's 28-pixel MNIST box at scale 1, as a fraction of the cell:
 #: at scale 1.6 the box just fills its cell, so the default range never clips.
 GLYPH_FRACTION = 0.625
@@ -58,11 +59,17 @@ class DigitsConfig:
     n_test: int = 500
     digits: int = 2
     cell: int = 32
-    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE
+    scale_range: ScaleRange = DEFAULT_SCALE_RANGE
     zoom: tuple[float, ...] = DEFAULT_ZOOM
     classes: int = 20
     #: Scale range of ``train/`` and ``val/`` digits; None: ``scale_range`` for every split.
-    train_scale_range: Optional[tuple[float, float]] = None
+    train_scale_range: Optional[ScaleRange] = None
+
+    def __post_init__(self) -> None:
+        # A plain (lo, hi) pair from Python goes through ScaleRange's one check (ValueError if out of bounds).
+        object.__setattr__(self, "scale_range", ScaleRange.of(self.scale_range))
+        if self.train_scale_range is not None:
+            object.__setattr__(self, "train_scale_range", ScaleRange.of(self.train_scale_range))
 
     def counts(self) -> dict[str, int]:
         return {"train": self.n_train, "val": self.n_val, "test": self.n_test}
@@ -72,7 +79,7 @@ class DigitsConfig:
         """Side of the square composite in pixels."""
         return grid_shape(self.digits)[1] * self.cell
 
-    def split_scale_range(self, split: str) -> tuple[float, float]:
+    def split_scale_range(self, split: str) -> ScaleRange:
         """The scale range that ``split``'s digits are drawn from."""
         if split in ("train", "val") and self.train_scale_range is not None:
             return self.train_scale_range
@@ -278,12 +285,6 @@ def plan_split(split: str, n: int, pool: dict[int, np.ndarray], classes: list[tu
     return out
 
 
-def zoom_name(path: str, factor: float) -> str:
-    """``37/00012.png`` -> ``37/00012.z1.25.png`` (the naming of ``dec warp --zoom``)."""
-    stem, ext = os.path.splitext(path)
-    return f"{stem}.z{format(factor, 'g')}{ext}"
-
-
 def _save_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array, mode="L").save(path, format="PNG", optimize=False, compress_level=6)
@@ -298,20 +299,13 @@ def check_config(config: DigitsConfig) -> None:
         raise UsageError(f"--digits must be 2 or 3; got {config.digits}")
     if not 8 <= config.cell <= 512:
         raise UsageError(f"--cell must be between 8 and 512 pixels; got {config.cell}")
-    for option, span in (("--scale-range", config.scale_range), ("--train-scale-range", config.train_scale_range)):
-        if span is None:
-            continue
-        try:
-            check_scale_range(span)
-        except ValueError as exc:
-            raise UsageError(f"{option}: {exc}") from None
     if not config.zoom:
         raise UsageError("--zoom needs at least one factor")
     for z in config.zoom:
         if not (math.isfinite(z) and 0 < z <= 4):
             raise UsageError(f"zoom factors must lie in (0, 4]; got {z}")
-    if len(set(format(z, "g") for z in config.zoom)) != len(config.zoom):
-        raise UsageError(f"zoom factors must be distinct; got {','.join(format(z, 'g') for z in config.zoom)}")
+    if len(set(map(zoom_tag, config.zoom))) != len(config.zoom):
+        raise UsageError(f"zoom factors must be distinct; got {','.join(map(zoom_tag, config.zoom))}")
     class_set(config.digits, config.classes)
 
 
@@ -341,55 +335,20 @@ def build_digits(source: str | os.PathLike, dst: str | os.PathLike, config: Digi
     check_config(config)
     splits = tuple(s for s in SPLITS if s in set(splits))
     dst = Path(dst)
-    if dst.exists() and not dst.is_dir():
-        raise UsageError(f"destination {dst} exists and is not a folder")
-    if dst.exists() and any(dst.iterdir()):
-        if not overwrite:
-            raise UsageError(f"destination {dst} already exists and is not empty",
-                             "pass --overwrite to replace it, or choose another folder")
-        if not (dst / INFO_FILE).is_file():  # --overwrite replaces the whole folder: only one dec digits built
-            raise UsageError(f"destination {dst} holds files but no {INFO_FILE}: it is not a tree 'dec digits' "
-                             "built, so --overwrite will not replace it", "choose another folder, or empty it first")
+    _check_destination(dst, overwrite)
     images, labels, digest = load_source(source)
     classes = class_set(config.digits, config.classes)
     pools = partition(labels, config)
     counts = config.counts()
     plans = {s: plan_split(s, counts[s], pools[s], classes, config)[:limit] for s in splits}
-    total = sum(len(p) for p in plans.values()) + (len(plans["test"]) * len(config.zoom) if "test" in plans else 0)
-
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent))
     except OSError as exc:
         raise UsageError(f"cannot write to {dst.parent}: {exc.strerror or exc}",
                          "choose a writable destination") from None
-    done = 0
     try:
-        records = []
-        for split, plan in plans.items():
-            for comp in plan:
-                glyphs = [images[i] for i in comp.sources]
-                _save_png(render(glyphs, comp.scales, config.cell), work / split / comp.path)
-                records.append(comp.to_json())
-                done += 1
-                if progress:
-                    progress(done, total)
-        zoom_files = 0
-        if "test" in plans:
-            lines = []
-            for comp in plans["test"]:
-                glyphs = [images[i] for i in comp.sources]
-                for z in config.zoom:
-                    rel = zoom_name(comp.path, z)
-                    _save_png(render(glyphs, [z] * len(glyphs), config.cell), work / ZOOM_DIR / rel)
-                    lines.append(_manifest_entry(comp, rel, z, config))
-                    zoom_files += 1
-                    done += 1
-                    if progress:
-                        progress(done, total)
-            (work / ZOOM_DIR / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines),
-                                                            encoding="utf-8")
-        (work / COMPOSITES_FILE).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        zoom_files = _write_tree(work, plans, images, config, progress)
         info = {"config": config_json(config), "splits": list(splits), "limit": limit,
                 "counts": {s: len(p) for s, p in plans.items()},
                 "zoom_files": zoom_files, "classes": [class_name(c) for c in classes],
@@ -405,6 +364,53 @@ def build_digits(source: str | os.PathLike, dst: str | os.PathLike, config: Digi
         raise
     return DigitsResult(dst, {s: len(p) for s, p in plans.items()}, zoom_files,
                         [class_name(c) for c in classes], config.canvas, digest)
+
+
+def _check_destination(dst: Path, overwrite: bool) -> None:
+    """``dst`` is absent, empty, or (with ``overwrite``) a tree `build_digits` made; `UsageError` otherwise."""
+    if dst.exists() and not dst.is_dir():
+        raise UsageError(f"destination {dst} exists and is not a folder")
+    if dst.exists() and any(dst.iterdir()):
+        if not overwrite:
+            raise UsageError(f"destination {dst} already exists and is not empty",
+                             "pass --overwrite to replace it, or choose another folder")
+        if not (dst / INFO_FILE).is_file():  # --overwrite replaces the whole folder: only one dec digits built
+            raise UsageError(f"destination {dst} holds files but no {INFO_FILE}: it is not a tree 'dec digits' "
+                             "built, so --overwrite will not replace it", "choose another folder, or empty it first")
+
+
+def _write_tree(work: Path, plans: dict[str, list[Composite]], images: np.ndarray, config: DigitsConfig,
+                progress: Optional[Callable[[int, int], None]]) -> int:
+    """Render every planned composite (and, with ``test``, its zoom sweep) under ``work``; the zoom file count."""
+    sweep = plans.get("test", [])
+    total = sum(len(p) for p in plans.values()) + len(sweep) * len(config.zoom)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, total)
+
+    records = []
+    for split, plan in plans.items():
+        for comp in plan:
+            glyphs = [images[i] for i in comp.sources]
+            _save_png(render(glyphs, comp.scales, config.cell), work / split / comp.path)
+            records.append(comp.to_json())
+            tick()
+    if "test" in plans:
+        lines = []
+        for comp in sweep:
+            glyphs = [images[i] for i in comp.sources]
+            for z in config.zoom:
+                rel = output_name(comp.path, zoom=z)
+                _save_png(render(glyphs, [z] * len(glyphs), config.cell), work / ZOOM_DIR / rel)
+                lines.append(_manifest_entry(comp, rel, z, config))
+                tick()
+        write_manifest(work / ZOOM_DIR / MANIFEST_NAME, lines, compact=False)
+    (work / COMPOSITES_FILE).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return len(sweep) * len(config.zoom) if "test" in plans else 0
 
 
 def _manifest_entry(comp: Composite, rel: str, factor: float, config: DigitsConfig) -> dict:

@@ -32,8 +32,9 @@ from dec_cli.modelinfo import info_of, input_size
 from dec_cli.report import ModelResult, Report
 from dec_cli.retrofit import dec_modules
 from dec_cli.tta import ScaleSearch, check_tta_scales
-from dec_cli.warp import (DEFAULT_SCALE_RANGE, Warp, apply_warp, check_grid_rows, check_scale_range, key_seed,
-                          random_warp)
+from dec_cli.randomwarp import check_grid_rows, image_key, keyed_warp
+from dec_cli.scalerange import DEFAULT_SCALE_RANGE, ScaleRange
+from dec_cli.warp import Warp, apply_warp
 
 DEFAULT_WARPS = 4
 
@@ -45,7 +46,7 @@ class EvalSettings:
     """Everything that shapes the numbers (``warps=None``: 4, or 0 on a zoom-sweep tree)."""
 
     warps: Optional[int] = None
-    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE
+    scale_range: ScaleRange = DEFAULT_SCALE_RANGE
     grid: int = 8
     rows: int = 1
     seed: int = 0
@@ -59,6 +60,10 @@ class EvalSettings:
     class_map: Optional[str] = None
     no_labels: bool = False  # compare with the model's own clean predictions even on a labelled tree
     tta_scales: tuple[float, ...] = ()  # non-empty: also report NAME+tta (dec_cli.tta.ScaleSearch)
+
+    def __post_init__(self) -> None:
+        # A plain (lo, hi) pair from Python goes through ScaleRange's one check (ValueError if out of bounds).
+        self.scale_range = ScaleRange.of(self.scale_range)
 
 
 @dataclass
@@ -98,9 +103,8 @@ def display_names(specs: Sequence[ModelSpec]) -> list[str]:
 
 def image_warps(rel: str, k: int, settings: EvalSettings) -> Warp:
     """The K random warps of one image: a function of (seed, relative path) only."""
-    gen = torch.Generator().manual_seed(key_seed(settings.seed, rel))
-    return random_warp(k, grid=settings.grid, rows=settings.rows, scale_range=settings.scale_range,
-                       generator=gen)
+    return keyed_warp(settings.seed, image_key(rel), k, grid=settings.grid, rows=settings.rows,
+                      scale_range=settings.scale_range)
 
 
 def batch_warps(rels: Sequence[str], k: int, settings: EvalSettings, cache: dict[str, Warp]) -> Warp:
@@ -139,10 +143,6 @@ def check_settings(settings: EvalSettings) -> None:
         raise UsageError(f"--limit must be positive; got {settings.limit}")
     if settings.tta_scales:
         check_tta_scales(settings.tta_scales)
-    try:
-        check_scale_range(settings.scale_range)
-    except ValueError as exc:
-        raise UsageError(str(exc), "use --scale-range LO,HI such as 0.75,1.33") from None
 
 
 def check_thresholds_available(thresholds: Sequence[Threshold], *, warps: int, zoom_sweep: bool,

@@ -41,8 +41,9 @@ from dec_cli.files import atomic_path, remove_stale_temporaries
 from dec_cli.memory import TRAIN_ACTIVATIONS, check_batch_fits
 from dec_cli.metrics import symmetric_kl
 from dec_cli.modelinfo import info_of, input_size, set_info
-from dec_cli.warp import (DEFAULT_SCALE_RANGE, MAX_GRID, MAX_ROWS, Warp, apply_warp, check_scale_range, key_seed,
-                          keyed_warp, random_warp)
+from dec_cli.randomwarp import MAX_GRID, MAX_ROWS, image_key, key_seed, keyed_warp, random_warp
+from dec_cli.scalerange import DEFAULT_SCALE_RANGE, ScaleRange, ScaleRangeError
+from dec_cli.warp import Warp, apply_warp
 
 STATE_NAME = "state.pt"
 LAST_NAME = "last.safetensors"
@@ -73,7 +74,7 @@ class FinetuneConfig:
     eq_weight: float = 0.0
     canon_weight: float = 0.0
     aug_prob: float = 0.0
-    scale_range: tuple = DEFAULT_SCALE_RANGE
+    scale_range: ScaleRange = DEFAULT_SCALE_RANGE
     grid: int = 8
     rows: int = 1
     label_smoothing: float = 0.0
@@ -126,10 +127,6 @@ class FinetuneConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message, "see 'dec finetune --help'")
-        try:
-            check_scale_range(self.scale_range)
-        except ValueError as exc:
-            raise UsageError(f"--scale-range: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -141,9 +138,8 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
     """Turn a command-line or YAML value into the option's type; a bad one is a usage error."""
     flag = "--" + name.replace("_", "-")
     try:
-        if name == "scale_range":  # validate() checks the range and says why
-            lo, hi = (float(v) for v in (value.split(",") if isinstance(value, str) else value))
-            return (lo, hi)
+        if name == "scale_range":  # "LO,HI" (command line, config file) or a pair (config file, saved run)
+            return ScaleRange.of(value)
         if isinstance(default, bool):
             if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
                 return value.lower() in ("true", "yes", "1", "on")
@@ -157,6 +153,8 @@ def _coerce(name: str, default: Any, value: Any) -> Any:
         if isinstance(default, float):
             return float(value)
         return str(value)
+    except ScaleRangeError as exc:  # a well-formed range with bad bounds: say which rule fails
+        raise UsageError(f"{flag}: {exc}") from None
     except (TypeError, ValueError):
         raise UsageError(f"{flag}: invalid value {value!r}", "see 'dec finetune --help'") from None
 
@@ -452,7 +450,8 @@ class Trainer:
         cfg = self.cfg
         kx, ky = [], []
         for s in self.splits.val.samples:
-            w = keyed_warp(cfg.seed, "val/" + s.rel, grid=cfg.grid, rows=cfg.rows, scale_range=cfg.scale_range)
+            w = keyed_warp(cfg.seed, image_key(s.rel, split="val"), grid=cfg.grid, rows=cfg.rows,
+                           scale_range=cfg.scale_range)
             kx.append(w.knots_x)
             ky.append(w.knots_y)
         return torch.cat(kx), torch.cat(ky)

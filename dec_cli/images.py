@@ -20,15 +20,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, ImageSequence
+from PIL import Image, ImageOps, ImageSequence, JpegImagePlugin
 
 from dec_cli.errors import first_line
 from dec_cli.files import atomic_file
 from dec_cli.treescan import NotRegularFileError, check_regular_file
-
-IMAGE_EXTENSIONS = frozenset({
-    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
-})
 
 # Modes whose pixels are labels (palette indices, bilevel): interpolating them is meaningless.
 NEAREST_MODES = frozenset({"P", "PA", "1"})
@@ -61,11 +57,6 @@ class Picture:
     def size(self) -> tuple[int, int]:
         """(width, height) of the first page, after EXIF orientation."""
         return self.pages[0].size
-
-
-def is_image_path(path: str | os.PathLike) -> bool:
-    """True for file names with an image extension (case-insensitive)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def read_image(path: str | os.PathLike) -> Picture:
@@ -362,8 +353,6 @@ def _save_params(im: Image.Image, fmt: str) -> dict[str, Any]:
         if "transparency" in info:
             params["transparency"] = info["transparency"]
     elif fmt == "JPEG":
-        from PIL import JpegImagePlugin
-
         # The source's own quantization tables and chroma subsampling: same quality.
         if getattr(im, "quantization", None):
             params["qtables"] = im.quantization

@@ -49,6 +49,18 @@ def _reason(exc: OSError) -> str:
     return str(exc) if isinstance(exc, NotRegularFileError) else f"cannot read: {exc.strerror or exc}"
 
 
+def _subfolder_key(path: Path, here: Path, ancestors: frozenset[tuple[int, int]]) -> tuple[int, int] | str:
+    """The (device, inode) of a subfolder of ``here`` to enter, or why it is not entered (a bad entry's reason)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return _reason(exc)
+    key, real = (st.st_dev, st.st_ino), path.resolve()
+    if key in ancestors or real == here or real in here.parents:
+        return "symbolic link loop: leads back to an enclosing folder, not followed"
+    return key
+
+
 def walk_tree(root: str | os.PathLike, wanted: Callable[[str], bool], *,
               exclude: Path | None = None) -> TreeScan:
     """Walk ``root`` and sort what is there. Symbolic links to folders are followed, except those
@@ -87,17 +99,11 @@ def walk_tree(root: str | os.PathLike, wanted: Callable[[str], bool], *,
             if is_dir:
                 if exclude is not None and path.resolve() == exclude:
                     continue
-                try:
-                    st = os.stat(path)
-                except OSError as exc:
-                    scan.bad.append({"path": rel(path) + "/", "reason": _reason(exc)})
-                    continue
-                key, real = (st.st_dev, st.st_ino), path.resolve()
-                if key in ancestors or real == here or real in here.parents:
-                    scan.bad.append({"path": rel(path) + "/",
-                                     "reason": "symbolic link loop: leads back to an enclosing folder, not followed"})
-                    continue
-                stack.append((path, ancestors | {key}))
+                key = _subfolder_key(path, here, ancestors)
+                if isinstance(key, str):
+                    scan.bad.append({"path": rel(path) + "/", "reason": key})
+                else:
+                    stack.append((path, ancestors | {key}))
             elif not wanted(entry.name):
                 scan.others.append(rel(path))
             else:

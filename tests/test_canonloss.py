@@ -8,7 +8,8 @@ from torch import nn
 from dec_cli.canonicalizer import DEC
 from dec_cli.canonloss import canon_loss, dec_outputs
 from dec_cli.retrofit import DECBlock
-from dec_cli.warp import Warp, apply_warp, compose, random_warp
+from dec_cli.randomwarp import random_warp
+from dec_cli.warp import Warp, apply_warp, compose
 
 
 def _warps(n: int, seed: int, rows: int = 1) -> Warp:

@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-from dec_cli.checkpoint import create_backbone, load_model, save_model
+from dec_cli.backbone import create_backbone
+from dec_cli.checkpoint import load_model, save_model
 from dec_cli.data import eval_transform, load_image, scan_image_folder
 from dec_cli.diagnostics import Probe, capture, dec_blocks
 from dec_cli.evaluate import EvalSettings, image_warps

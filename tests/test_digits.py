@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from dec_cli import demo
-from dec_cli.digits import (DigitsConfig, build_digits, cell_origins, class_set, read_composites, render,
-                            zoom_name)
+from dec_cli.digits import DigitsConfig, build_digits, cell_origins, class_set, read_composites, render
 from dec_cli.errors import DecError
+from dec_cli.treeformat import output_name
 
 NPZ = Path(demo.__file__).parent / "data" / "mnist-8k.npz"
 SMALL = ["--n-train", "60", "--n-val", "20", "--n-test", "20"]
@@ -121,7 +121,7 @@ def test_zoom_sweep_manifest(bench):
     for entry in lines:
         assert entry["kind"] == "zoom" and entry["seed"] == 3
         assert entry["src"] in tests
-        assert entry["dst"] == zoom_name(entry["src"], entry["zoom"])
+        assert entry["dst"] == output_name(entry["src"], zoom=entry["zoom"])
         assert (bench / "test-zoom" / entry["dst"]).is_file()
         assert entry["knots_x"] is None and entry["knots_y"] is None
         assert entry["dst"].split("/")[0] == entry["src"].split("/")[0]
@@ -130,7 +130,7 @@ def test_zoom_sweep_manifest(bench):
     assert any(e["dst"].endswith(".z1.png") for e in lines)
     # Ink grows with the zoom factor for the same composite.
     src = lines[0]["src"]
-    heights = [_ink_rows(np.asarray(Image.open(bench / "test-zoom" / zoom_name(src, z)))) for z in (0.6, 1.0, 1.6)]
+    heights = [_ink_rows(np.asarray(Image.open(bench / "test-zoom" / output_name(src, zoom=z)))) for z in (0.6, 1.0, 1.6)]
     assert heights[0] < heights[1] < heights[2]
 
 

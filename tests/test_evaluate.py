@@ -16,7 +16,8 @@ from dec_cli.checkpoint import load_model, save_model
 from dec_cli.data import eval_transform, load_image, scan_image_folder
 from dec_cli.evaluate import EvalSettings, image_warps
 from dec_cli.retrofit import retrofit
-from dec_cli.warp import apply_warp, zoom_warp
+from dec_cli.warp import apply_warp
+from dec_cli.zoom import zoom_warp
 from helpers import assert_metric_close, plot_panels
 
 CLASSES = ["circle", "square", "stripes"]

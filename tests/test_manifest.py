@@ -1,4 +1,4 @@
-"""Hostile and careless manifests: `dec unwarp` and `dec evaluate` judge every record (dec_cli.manifest).
+"""Hostile and careless manifests: `dec unwarp` and `dec evaluate` judge every record (dec_cli.treeformat).
 
 Paths that leave their root (``..``, absolute, through a symlink), knots that do not make a valid
 warp, and lines that are not records are listed as bad with their line number; the valid records
@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from dec_cli.manifest import check_warp, read_manifest
-from dec_cli.warp import SCALE_LIMITS, keyed_warp, zoom_warp
+from dec_cli.randomwarp import keyed_warp
+from dec_cli.scalerange import SCALE_LIMITS
+from dec_cli.treeformat import (check_warp, is_image_path, mask_name, output_name, read_manifest, write_manifest,
+                                zoom_source_name)
+from dec_cli.zoom import zoom_warp
 
 DATA = Path(__file__).parent / "data"
 
@@ -265,3 +268,31 @@ def test_read_manifest_keeps_file_order_and_skips_blank_lines(warped, tmp_path):
     tree = tree_with(tmp_path, warped, [warped[1], b"   ", with_(warped[1], dst="coffee.png")])
     found = read_manifest(tree / "manifest.jsonl", roots=(tree,), warps=True)
     assert [r["dst"] for r in found.records] == [warped[1]["dst"], "coffee.png"] and found.bad == []
+
+
+# --------------------------------------------------------------------------- names and writing
+
+
+def test_tree_names_round_trip():
+    """Output names, the source a zoom output came from, mask names and image extensions: one convention."""
+    assert output_name("cls/cat.png", zoom=1.25) == "cls/cat.z1.25.png"
+    assert output_name("cls/cat.png", zoom=1.0000001) == "cls/cat.z1.png"  # 6 significant digits
+    assert output_name("cls/cat.jpg", copy=2) == "cls/cat.w2.jpg" and output_name("cat.png") == "cat.png"
+    for rel in ("cls/cat.png", "a.b/x.y.tif", "37/00012.png"):
+        for z in (0.5, 1, 1.25, 2e-2):
+            assert zoom_source_name(output_name(rel, zoom=z)) == rel
+    assert mask_name("cls/cat.z0.8.jpg", "cls/cat.png") == "masks/cls/cat.z0.8.png"
+    assert mask_name("cat.png", None) is None
+    assert is_image_path("a/B.JPEG") and is_image_path(Path("x.tiff")) and not is_image_path("notes.txt")
+
+
+def test_write_manifest_lines(tmp_path):
+    records = [{"src": "a.png", "dst": "a.z1.png", "kind": "zoom", "zoom": 1.0}, {"src": "b.png", "dst": "b.png"}]
+    write_manifest(tmp_path / "c.jsonl", records)
+    write_manifest(tmp_path / "s.jsonl", records, compact=False)
+    compact, spaced = (tmp_path / "c.jsonl").read_text(), (tmp_path / "s.jsonl").read_text()
+    assert compact.splitlines()[1] == '{"src":"b.png","dst":"b.png"}'
+    assert spaced.splitlines()[1] == '{"src": "b.png", "dst": "b.png"}'
+    assert [json.loads(line) for line in compact.splitlines()] == records == \
+        [json.loads(line) for line in spaced.splitlines()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "s.jsonl"]  # no temporaries left

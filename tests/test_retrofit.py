@@ -10,9 +10,10 @@ import torch
 
 from dec_cli.backbone import create_backbone
 from dec_cli.errors import UsageError
+from dec_cli.randomwarp import random_warp
 from dec_cli.retrofit import (DECBlock, backbone_parameters, builtin_recipes, dec_modules, dec_parameters,
                               find_recipe, retrofit)
-from dec_cli.warp import apply_warp, random_warp
+from dec_cli.warp import apply_warp
 
 # One tiny model per family: (timm name, kwargs, input size (H, W)).
 FAMILIES = {

@@ -30,7 +30,8 @@ def photos(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from dec_cli.checkpoint import create_backbone, save_model
+    from dec_cli.backbone import create_backbone
+    from dec_cli.checkpoint import save_model
 
     torch.manual_seed(0)
     model = create_backbone("test_resnet", num_classes=2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import subprocess
 import sys
@@ -11,8 +13,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dec_cli.warp import (DEFAULT_SCALE_RANGE, Warp, apply_warp, compose, jacobian_determinant, keyed_warp,
-                          parse_scale_range, random_warp, sampling_grid, zoom_warp)
+from dec_cli.randomwarp import image_key, keyed_warp, random_warp
+from dec_cli.scalerange import DEFAULT_SCALE_RANGE, ScaleRange, ScaleRangeError
+from dec_cli.warp import Warp, apply_warp, compose, jacobian_determinant
+from dec_cli.warpgrid import sampling_grid
+from dec_cli.zoom import zoom_warp
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
 seeds = st.integers(0, 2 ** 31 - 1)
@@ -139,10 +144,52 @@ def test_random_warps_never_fold(seed, grid, rows):
 
 
 def test_scale_range_parsing():
-    assert parse_scale_range("0.75,1.33") == (0.75, 1.33)
-    for bad in ("1.2,1.5", "0,2", "abc", "0.5"):
-        with pytest.raises(ValueError):
-            parse_scale_range(bad)
+    assert ScaleRange.parse("0.75,1.33") == (0.75, 1.33) == DEFAULT_SCALE_RANGE
+    for bad in ("1.2,1.5", "0,2", "nan,2", "0.04,1.2", "0.8,21"):
+        with pytest.raises(ScaleRangeError):
+            ScaleRange.parse(bad)
+    for bad in ("abc", "0.5", "0.8,1.25,2", ""):
+        with pytest.raises(ValueError, match="LO,HI such as") as caught:
+            ScaleRange.parse(bad)
+        assert not isinstance(caught.value, ScaleRangeError)
+    with pytest.raises(ScaleRangeError, match=r"within \[0.05, 20\]; got 1e-300,1e\+300"):
+        ScaleRange.parse("1e-300,1e300")
+
+
+def test_scale_range_is_a_pair_wherever_it_is_recorded():
+    r = ScaleRange.of([0.8, 1.25])
+    assert r is ScaleRange.of(r) and ScaleRange.of("0.8,1.25") == r and (r.lo, r.hi) == (0.8, 1.25)
+    assert json.dumps(r) == "[0.8, 1.25]" and list(r) == [0.8, 1.25]
+    assert dataclasses.asdict(Holder(r)) == {"range": (0.8, 1.25)}
+    for bad in (5, [0.8], [0.8, 1.25, 3], ["a", "b"]):
+        with pytest.raises((TypeError, ValueError)):
+            ScaleRange.of(bad)
+    with pytest.raises(ScaleRangeError):  # a plain pair from Python passes the same check
+        random_warp(1, scale_range=(1.2, 1.5))
+
+
+@dataclasses.dataclass
+class Holder:
+    range: ScaleRange
+
+
+def test_image_keys_are_the_commands_keys():
+    """The keys `dec evaluate`, `dec finetune` (validation) and `dec warp` have always used: same seeds, same warps."""
+    assert image_key("cls/a.png") == "cls/a.png"
+    assert image_key("cls/a.png", split="val") == "val/cls/a.png"
+    assert image_key("cat.png", copy=0) == "cat.png\0copy=0"
+    expected = {  # knots_x, knots_y of keyed_warp(3, key, grid=3, scale_range=(0.8, 1.25)), from before the keys had a function
+        image_key("cat.png", copy=0): ([0.0, 0.354247, 0.677976, 1.0], [0.0, 0.327565, 0.689819, 1.0]),
+        image_key("cls/a.png", split="val"): ([0.0, 0.302327, 0.64994, 1.0], [0.0, 0.328342, 0.65603, 1.0]),
+        image_key("cls/a.png"): ([0.0, 0.350944, 0.652627, 1.0], [0.0, 0.290299, 0.652473, 1.0]),
+    }
+    for key, (kx, ky) in expected.items():
+        w = keyed_warp(3, key, grid=3, scale_range=(0.8, 1.25))
+        assert w.knots_x[0, 0].tolist() == pytest.approx(kx, abs=1e-6)
+        assert w.knots_y[0, 0].tolist() == pytest.approx(ky, abs=1e-6)
+    # dec evaluate draws an image's K warps in one go from its key
+    assert keyed_warp(3, image_key("cls/a.png"), 2, grid=3, scale_range=(0.8, 1.25)).knots_x[1, 0].tolist() == \
+        pytest.approx([0.0, 0.290299, 0.652473, 1.0], abs=1e-6)
 
 
 def test_keyed_warps_depend_only_on_seed_and_key():

@@ -17,8 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dec_cli.folderwarp import WarpSettings, run_warp
+from dec_cli.folderwarp import run_warp
 from dec_cli.images import decode_png16
+from dec_cli.warpplan import WarpSettings
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).parent.parent / "examples" / "photos"

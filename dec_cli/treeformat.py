@@ -1,7 +1,10 @@
-"""The manifest of a warp tree (``manifest.jsonl``): reading it and judging every record.
+"""The on-disk format of a warp tree: its names, its manifest, and how a manifest is judged.
 
-`dec warp` and `dec digits` write one JSON object per line; `dec unwarp` and
-`dec evaluate` read them back. A manifest may come from anywhere (a download,
+A tree written by `dec warp` (or `dec digits`) holds images with the source's
+relative names (copies ``name.w{i}.ext``, zoom outputs ``name.z{z}.ext``), warped
+masks under ``masks/``, and ``manifest.jsonl``: one JSON object per output, with
+``src``, ``dst``, ``kind``, the zoom and the warp's knots. `dec unwarp` and
+`dec evaluate` read it back. A manifest may come from anywhere (a download,
 a hand edit), so nothing in it is trusted. The rule, the same for every reader:
 
 - A manifest that cannot be read at all (missing, not a regular file, an OS
@@ -30,22 +33,81 @@ import json
 import math
 import os
 import posixpath
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from dec_cli.errors import UsageError
-from dec_cli.warp import SCALE_LIMITS, Warp, jacobian_determinant
+from dec_cli.files import write_text_atomic
+from dec_cli.scalerange import SCALE_LIMITS
+from dec_cli.warp import Warp, jacobian_determinant
 
 MANIFEST_NAME = "manifest.jsonl"
+MASKS_DIR = "masks"  # `dec warp --masks` writes the warped masks here, under DST
+IMAGE_EXTENSIONS = frozenset({
+    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
+})
 KINDS = ("random", "zoom")
 _KNOT_TOL = 1e-5  # knots are stored from float32
 _SLOPE_TOL = 1e-3  # relative slack on SCALE_LIMITS for the same rounding
 _FOLD_GRID = 32  # points per axis where the Jacobian determinant is checked (a few ms per warp)
 _SHOWN = 80  # characters of a bad value quoted in a reason
+
+
+# --------------------------------------------------------------------------- names
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """True for file names with an image extension (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def zoom_tag(factor: float) -> str:
+    """How a zoom factor appears in a file name (6 significant digits: ``1.25``, ``0.8``)."""
+    return format(factor, "g")
+
+
+def output_name(rel: str, *, copy: int | None = None, zoom: float | None = None) -> str:
+    """``name.z{z}.ext`` for a zoom factor, ``name.w{i}.ext`` for copy ``i``, else ``rel`` itself."""
+    path = PurePosixPath(rel)
+    if zoom is not None:
+        return str(path.with_name(f"{path.stem}.z{zoom_tag(zoom)}{path.suffix}"))
+    if copy is not None:
+        return str(path.with_name(f"{path.stem}.w{copy}{path.suffix}"))
+    return rel
+
+
+def zoom_source_name(rel: str) -> str:
+    """``cls/cat.z1.2.png`` -> ``cls/cat.png``: the source of a zoom output (when a record has no ``src``)."""
+    return re.sub(r"\.z[0-9.eE+-]+(\.[^./]+)$", r"\1", rel)
+
+
+def mask_name(dst: str, mask_rel: str | None) -> str | None:
+    """The name under DST of output ``dst``'s warped mask: ``masks/`` + ``dst`` with the mask's extension."""
+    if mask_rel is None:
+        return None
+    return str(PurePosixPath(MASKS_DIR) / PurePosixPath(dst).with_suffix(PurePosixPath(mask_rel).suffix))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_manifest(path: str | os.PathLike, records: Iterable[dict[str, Any]], *, compact: bool = True) -> None:
+    """Write ``records`` as ``manifest.jsonl`` atomically, one JSON object per line.
+
+    `dec warp` writes compact lines (knots make them long); `dec digits` keeps
+    ``compact=False``, the spaced separators its trees have always had, so its
+    builds stay byte-identical.
+    """
+    separators = (",", ":") if compact else None
+    write_text_atomic(path, "".join(json.dumps(r, separators=separators) + "\n" for r in records))
+
+
+# --------------------------------------------------------------------------- reading
 
 
 @dataclass(frozen=True)
