@@ -7,17 +7,19 @@ the documented exit code (0 success, 1 failure, 2 usage error, 130 interrupted).
 
 from __future__ import annotations
 
+import inspect
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dec_cli import __version__
-from dec_cli.display import printable
-from dec_cli.errors import EXIT_USAGE, DecError
+from dec_cli.display import printable, shorten
+from dec_cli.errors import DecError, UsageError
 from dec_cli.files import json_text, write_json
+from dec_cli.finetune_options import CliOption, cli_options
 from dec_cli.reportpath import check_report_path
 
 app = typer.Typer(
@@ -91,13 +93,6 @@ def emit_json(data: Any, destination: Optional[str]) -> None:
         write_json(data, destination)
 
 
-def fail(message: str, hint: Optional[str] = None, code: int = EXIT_USAGE) -> None:
-    """Exit with a one-line error from inside a command (parse-level problems)."""
-    err = DecError(message, hint)
-    err.exit_code = code
-    raise err
-
-
 # --------------------------------------------------------------------------- dec digits
 
 
@@ -131,7 +126,6 @@ def digits_cmd(
     from rich.table import Table
 
     from dec_cli.digits import DigitsConfig, build_digits, parse_zoom
-    from dec_cli.errors import UsageError
     from dec_cli.warp import parse_scale_range
 
     ranges = {}
@@ -208,13 +202,10 @@ def evaluate_cmd(
 
     Example: dec evaluate model.safetensors resnet18 --weights r18.pth --data val-zoom --fail-if "top1<0.7"
     """
-    from pathlib import Path
-
-    from dec_cli import distributed as D
-    from dec_cli.errors import DecError, UsageError
-    from dec_cli.evaluate import EvalSettings, ModelSpec, evaluate
+    from dec_cli.evaluate import EvalSettings
+    from dec_cli.evaluate_job import Reports, plan_evaluation, run_evaluation
     from dec_cli.metrics import parse_fail_if
-    from dec_cli.report import check_writable, failure_message, render_tables, write_outputs
+    from dec_cli.report import failure_message, render_tables, write_outputs
     from dec_cli.tta import parse_tta_scales
     from dec_cli.warp import parse_scale_range
 
@@ -224,148 +215,120 @@ def evaluate_cmd(
         lo_hi = parse_scale_range(scale_range)
     except ValueError as exc:
         raise UsageError(str(exc), "for example --scale-range 0.75,1.33") from None
-    if plot is not None and not plot.lower().endswith(".png"):
-        raise UsageError(f"--plot writes PNG; {plot!r} does not end in .png", "for example --plot report.png")
-    reports = ((json_dest, "--json"), (markdown, "--markdown"), (plot, "--plot"))
-    inputs = [("MODEL", m) for m in models or [] if Path(m).is_file()] + [("--weights", w) for w in weights or []]
-    for path, option in reports:
-        check_writable(path, option)
-        check_report_path(path, option, trees=[("--data", data)],
-                          files=inputs + [("--class-map", class_map)] + [(o, p) for p, o in reports if o != option])
-    models = list(models or [])
-    demo = False
-    if not models and data is None:
-        try:
-            from dec_cli.demo import demo_inputs
-        except ImportError:
-            raise DecError("the bundled demo is not available in this installation",
-                           "pass MODEL... and --data DIR") from None
-        demo_models, demo_root = demo_inputs()
-        models = [str(p) for p in demo_models]
-        zoom_dir = Path(demo_root) / "test-zoom"
-        data = str(zoom_dir if zoom_dir.is_dir() else demo_root)
-        # The demo shows random-warp metrics beside the zoom sweep.
-        warps = 4 if warps is None else warps
-        demo = True
-    elif not models:
-        raise UsageError("no MODEL given", "pass DEC checkpoints or timm names before --data")
-    elif data is None:
-        raise UsageError("no --data DIR given", "pass --data DIR with one subfolder per class")
-    names = [m for m in models if not Path(m).is_file()]
-    weights = list(weights or [])
-    if len(weights) > len(names):
-        raise UsageError(f"{len(weights)} --weights file(s) but only {len(names)} timm-name MODEL(s)",
-                         "checkpoints carry their own weights; give one --weights per timm name")
-    given = dict(zip(names, weights))
-    specs = [ModelSpec(m, weights=given.get(m) if m in names else None, pretrained=pretrained) for m in models]
     settings = EvalSettings(warps=warps, scale_range=lo_hi, grid=grid, rows=rows, seed=seed, img_size=img_size,
                             limit=limit, batch_size=batch_size, workers=workers, device=device, amp=amp,
                             compile=compile_, class_map=class_map, no_labels=no_labels, tta_scales=tta)
-    with D.process_group(device) as info:
-        quiet_here = quiet or not info.is_main
-        console = console_for(json_dest, quiet_here)
-        with progress_bar(console, quiet_here) as bar:
-            tasks: dict[str, Any] = {}
-
-            def on_progress(name: str, done: int, total: int) -> None:
-                if name not in tasks:
-                    tasks[name] = bar.add_task(name, total=total)
-                bar.update(tasks[name], completed=done, total=total)
-
-            report = evaluate(specs, data, settings, thresholds=thresholds, progress=on_progress)
-        if info.is_main:
-            for m in report.models:
-                _print_conversion(console, m.weights_conversion)
-            render_tables(report, console)
-            emit_json(report.to_dict(), json_dest)
-            for path in write_outputs(report, markdown=markdown, plot=plot):
-                console.print(f"wrote {path}", markup=False)
-            if demo:
-                console.print("This was the bundled digits demo. On your own model and data:\n"
-                              "  dec warp VAL_DIR VAL_ZOOM --zoom 0.7,0.8,0.9,1,1.1,1.2,1.3\n"
-                              "  dec evaluate MODEL.safetensors resnet50 --weights r50.pth --data VAL_ZOOM --warps 4",
-                              markup=False)
+    job = plan_evaluation(models or [], data, settings, weights=weights or [], pretrained=pretrained,
+                          thresholds=thresholds, reports=Reports(json_dest, markdown, plot))
+    console = console_for(json_dest, quiet)
+    bar = progress_bar(console, quiet)
+    try:
+        report, is_main = run_evaluation(job, _named_tasks(bar))
+    finally:
+        bar.stop()
+    if is_main:
+        for m in report.models:
+            _print_conversion(console, m.weights_conversion)
+        render_tables(report, console)
+        emit_json(report.to_dict(), json_dest)
+        for path in write_outputs(report, markdown=markdown, plot=plot):
+            console.print(f"wrote {path}", markup=False)
+        if job.demo:
+            console.print("This was the bundled digits demo. On your own model and data:\n"
+                          "  dec warp VAL_DIR VAL_ZOOM --zoom 0.7,0.8,0.9,1,1.1,1.2,1.3\n"
+                          "  dec evaluate MODEL.safetensors resnet50 --weights r50.pth --data VAL_ZOOM --warps 4",
+                          markup=False)
     if report.failed:
         raise DecError(failure_message(report.failed), "the model is below the --fail-if threshold(s)")
+
+
+def _named_tasks(bar: Progress) -> Callable[[str, int, int], None]:
+    """A progress callback with one bar per name; the bar starts with the first report."""
+    tasks: dict[str, Any] = {}
+
+    def on_progress(name: str, done: int, total: int) -> None:
+        bar.start()
+        if name not in tasks:
+            tasks[name] = bar.add_task(name, total=total)
+        bar.update(tasks[name], completed=done, total=total)
+
+    return on_progress
 
 
 # --------------------------------------------------------------------------- dec finetune
 
 
+def _with_options(options: Iterable[CliOption], after: str) -> Callable[[Callable], Callable]:
+    """Give a command one Typer option per `CliOption`, placed after its parameter ``after``.
+
+    The command takes them as ``**options``; their names, types, defaults and help
+    come from the library (`dec_cli.finetune_options`), so they are declared once.
+    """
+    def decorate(command: Callable) -> Callable:
+        own = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+               for p in inspect.signature(command).parameters.values() if p.kind != p.VAR_KEYWORD]
+        added = [inspect.Parameter(o.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=o.type,
+                                   default=typer.Option(o.default, o.flag, help=o.help, metavar=o.metavar))
+                 for o in options]
+        cut = [p.name for p in own].index(after) + 1
+        command.__signature__ = inspect.Signature(own[:cut] + added + own[cut:])
+        return command
+
+    return decorate
+
+
 @app.command("finetune")
+@_with_options(cli_options(), after="out_dir")
 def finetune_cmd(
     ctx: typer.Context,
     ckpt: str = typer.Argument(..., metavar="CKPT", help="DEC checkpoint (.safetensors) or a plain timm model name."),
     data: str = typer.Argument(..., metavar="DATA", help="Folder with train/ and val/ ImageFolder trees."),
     out_dir: str = typer.Option(..., "--out", "-o", metavar="OUT_DIR", help="Run folder: metrics.csv, last/best.safetensors, state.pt."),
-    epochs: int = typer.Option(10, "--epochs", help="Epochs in the whole run."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per step and process."),
-    lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate of the backbone (and of a new head)."),
-    dec_lr: float = typer.Option(1e-3, "--dec-lr", help="Peak learning rate of the DEC modules."),
-    weight_decay: float = typer.Option(0.05, "--weight-decay", help="AdamW weight decay (not on biases and norms)."),
-    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", help="Linear warmup before the cosine decay (at most a quarter of the run)."),
-    dec_warmup_epochs: int = typer.Option(0, "--dec-warmup-epochs", help="Train the DEC alone for this many epochs first, backbone frozen."),
-    freeze_backbone: bool = typer.Option(False, "--freeze-backbone/--no-freeze-backbone", help="Train only the DEC (and a new head)."),
-    eq_weight: float = typer.Option(0.0, "--eq-weight", help="Weight of the invariance loss between f(x) and f(S x), S a random warp."),
-    aug_prob: float = typer.Option(0.0, "--aug-prob", help="Probability that a training batch is replaced by warped copies."),
-    scale_range: str = typer.Option("0.75,1.33", "--scale-range", metavar="LO,HI", help="Local scale factors of the random warps."),
-    grid: int = typer.Option(8, "--grid", help="Warp intervals per axis."),
-    rows: int = typer.Option(1, "--rows", help="Warp control rows (1 = separable)."),
-    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing of the cross-entropy."),
-    clip_grad: float = typer.Option(1.0, "--clip-grad", help="Clip the gradient norm to this (0 = off)."),
-    amp: bool = typer.Option(False, "--amp/--no-amp", help="bf16 autocast (meant for GPUs)."),
-    compile_: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model."),
-    workers: int = typer.Option(0, "--workers", help="Data-loading worker processes."),
-    seed: int = typer.Option(0, "--seed", help="Seed of data order, warps and a new head."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input size (default: the model's)."),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Train a new head with this many classes."),
-    val: Optional[str] = typer.Option(None, "--val", metavar="DIR", help="Validation tree (default DATA/val)."),
-    weights: Optional[str] = typer.Option(None, "--weights", metavar="FILE", help="Local weights for a timm model name."),
-    pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="timm hub weights for a timm model name."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT_DIR from its last completed epoch."),
     config: Optional[str] = typer.Option(None, "--config", metavar="FILE.yaml", help="Options from YAML; the command line wins."),
     json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write a JSON summary."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or per-epoch lines."),
+    **options: Any,
 ) -> None:
     """Fine-tune backbone and DEC (or a plain timm model) on an ImageFolder dataset; resumable, torchrun-ready.
 
     Example: dec finetune dec_vit.safetensors digits -o runs/dec --epochs 5 --aug-prob 0.5
     """
-    import os
-    import shlex
+    from dec_cli.finetune import finetune
+    from dec_cli.finetune_options import command_line_options, command_text
+    from dec_cli.rundir import OUTPUT_NAMES
 
-    from dec_cli.config import read_config
-    from dec_cli.finetune import BEST_NAME, LAST_NAME, METRICS_NAME, STATE_NAME, FinetuneConfig, finetune
-
-    check_report_path(json_dest, "--json", trees=[("DATA", data), ("--val", val)],
-                      files=[("CKPT", ckpt), ("--weights", weights), ("--config", config)],
-                      root=out_dir, names={BEST_NAME, LAST_NAME, METRICS_NAME, STATE_NAME})
-
-    names = FinetuneConfig.option_names()
-    values = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "dec_lr": dec_lr, "weight_decay": weight_decay,
-              "warmup_epochs": warmup_epochs, "dec_warmup_epochs": dec_warmup_epochs,
-              "freeze_backbone": freeze_backbone, "eq_weight": eq_weight, "aug_prob": aug_prob,
-              "scale_range": scale_range, "grid": grid, "rows": rows, "label_smoothing": label_smoothing,
-              "clip_grad": clip_grad, "amp": amp, "compile": compile_, "workers": workers, "seed": seed,
-              "device": device, "img_size": img_size, "num_classes": num_classes, "val": val, "weights": weights,
-              "pretrained": pretrained}
-    assert set(values) == set(names)
-    param = {"compile": "compile_"}
-    typed = {k: v for k, v in values.items()
-             if getattr(ctx.get_parameter_source(param.get(k, k)), "name", "") == "COMMANDLINE"}
-    from_file = read_config(config, names) if config else {}
-    options = {**from_file, **typed}
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    quiet = quiet or not main_rank
+    check_report_path(json_dest, "--json", trees=[("DATA", data), ("--val", options["val"])],
+                      files=[("CKPT", ckpt), ("--weights", options["weights"]), ("--config", config)],
+                      root=out_dir, names=OUTPUT_NAMES)
+    typed = {k: v for k, v in options.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+    chosen = command_line_options(typed, config)
     console = console_for(json_dest, quiet)
-    fields = TextColumn("{task.fields[stats]}")
+    bar = progress_bar(console, quiet, TextColumn("{task.fields[stats]}"))
+    try:
+        summary = finetune(ckpt, data, out_dir, chosen, resume=resume, on_event=_finetune_events(console, bar, ckpt),
+                           command=command_text(ckpt, data, out_dir, typed, config=config, resume=resume))
+    finally:
+        bar.stop()
+    if summary is None:  # a torchrun rank other than 0: rank 0 reports
+        return
+    if summary["epochs_run"] == 0:
+        console.print(f"nothing to do: all {summary['epochs']} epochs of {out_dir} are done", soft_wrap=True)
+    for item in summary["bad_files"]:
+        console.print(f"skipped unreadable {printable(item['path'])}: {printable(item['reason'])}", markup=False,
+                      soft_wrap=True)
+    console.print(f"best val acc {summary['best_val_acc']:.3f} at epoch {summary['best_epoch']}; "
+                  f"checkpoints in {out_dir} (last.safetensors, best.safetensors), metrics in metrics.csv",
+                  soft_wrap=True)
+    emit_json(summary, json_dest)
+
+
+def _finetune_events(console: Console, bar: Progress, ckpt: str) -> Callable[[str, dict], None]:
+    """The ``on_event`` callback of `dec_cli.finetune.finetune`: a line per epoch and the progress bars."""
+    tasks: dict[str, Any] = {}
 
     def stats(loss: float, acc: float, ips: float) -> str:
         return f"loss {loss:.4f}  acc {acc:.3f}  {ips:.1f} img/s"
-
-    bar = progress_bar(console, quiet, fields)
-    tasks: dict[str, Any] = {}
 
     def on_event(kind: str, ev: dict) -> None:
         if kind == "start":
@@ -390,30 +353,7 @@ def finetune_cmd(
                           f"consistency {row['val_consistency']:.3f}  {row['images_per_s']:.1f} img/s"
                           + ("  (best)" if ev["best"] else ""), soft_wrap=True)
 
-    words = ["dec", "finetune", ckpt, data, "-o", out_dir]
-    for key, value in typed.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            words.append(flag if value else "--no-" + key.replace("_", "-"))
-        else:
-            words += [flag, str(value)]
-    words += (["--config", config] if config else []) + (["--resume"] if resume else [])
-    command = " ".join(shlex.quote(str(w)) for w in words)
-    try:
-        summary = finetune(ckpt, data, out_dir, options, resume=resume, command=command, on_event=on_event)
-    finally:
-        bar.stop()
-    if not main_rank:
-        return
-    if summary["epochs_run"] == 0:
-        console.print(f"nothing to do: all {summary['epochs']} epochs of {out_dir} are done", soft_wrap=True)
-    for item in summary["bad_files"]:
-        console.print(f"skipped unreadable {printable(item['path'])}: {printable(item['reason'])}", markup=False,
-                      soft_wrap=True)
-    console.print(f"best val acc {summary['best_val_acc']:.3f} at epoch {summary['best_epoch']}; "
-                  f"checkpoints in {out_dir} (last.safetensors, best.safetensors), metrics in metrics.csv",
-                  soft_wrap=True)
-    emit_json(summary, json_dest)
+    return on_event
 
 
 # --------------------------------------------------------------------------- dec retrofit / info / models
@@ -476,14 +416,14 @@ def retrofit_cmd(
     from pathlib import Path
 
     if not output.lower().endswith(".safetensors"):
-        fail(f"output {output} must end in .safetensors", "name it like OUT.safetensors")
+        raise UsageError(f"output {output} must end in .safetensors", "name it like OUT.safetensors")
     if Path(output).exists() and not force:
-        fail(f"{output} exists", "pass --force to overwrite it, or choose another -o")
+        raise UsageError(f"{output} exists", "pass --force to overwrite it, or choose another -o")
     check_report_path(json_dest, "--json", files=[("OUT", output), ("--weights", weights), ("--recipe", recipe)])
     if mode is not None and mode not in ("canonicalize", "equivariant"):
-        fail(f"--mode must be canonicalize or equivariant, not {mode!r}")
+        raise UsageError(f"--mode must be canonicalize or equivariant, not {mode!r}")
     if weights is not None and pretrained:
-        fail("--weights and --pretrained exclude each other", "use --weights FILE offline, --pretrained online")
+        raise UsageError("--weights and --pretrained exclude each other", "use --weights FILE offline, --pretrained online")
     use_pretrained = pretrained if pretrained is not None else weights is None
 
     import torch
@@ -542,7 +482,7 @@ def info_cmd(
     table.add_column("key", style="bold")
     table.add_column("value")
     names = s["class_names"]
-    classes = (", ".join(names[:10]) + (f" ... ({len(names)} in all)" if len(names) > 10 else "")) if names else "-"
+    classes = shorten(names, 10) if names else "-"
     table.add_row("backbone", s["model_name"])
     if s["model_kwargs"]:
         table.add_row("model kwargs", ", ".join(f"{k}={v}" for k, v in s["model_kwargs"].items()))
@@ -606,8 +546,8 @@ def _floats(text: Optional[str], option: str, example: str, count: Optional[int]
     except ValueError:
         values = ()
     if not values or (count is not None and len(values) != count):
-        fail(f"{option} expects {'X,Y' if count == 2 else 'comma-separated numbers'}; got {text!r}",
-             f"for example {option} {example}")
+        raise UsageError(f"{option} expects {'X,Y' if count == 2 else 'comma-separated numbers'}; got {text!r}",
+                         f"for example {option} {example}")
     return values
 
 
@@ -701,17 +641,17 @@ def warp_cmd(
     try:
         lo_hi = parse_scale_range(scale_range)
     except ValueError as exc:
-        fail(str(exc), "for example --scale-range 0.75,1.33")
+        raise UsageError(str(exc), "for example --scale-range 0.75,1.33") from None
     zooms = _floats(zoom, "--zoom", "0.8,1,1.25")
     centre = OBJECT if center == OBJECT else _floats(center, "--center", "0.5,0.5", count=2)
     if centre is not None and zooms is None:
-        fail(f"--center {center} applies to --zoom sweeps only", "add --zoom Z1,Z2,...")
+        raise UsageError(f"--center {center} applies to --zoom sweeps only", "add --zoom Z1,Z2,...")
     if radius is None and centre != OBJECT:
         radius = WarpSettings.radius
     settings = WarpSettings(seed=seed, scale_range=lo_hi, grid=grid, rows=rows, copies=copies,
                             zooms=zooms, center=centre, radius=radius)
     if zooms is not None and copies != 1:
-        fail("--copies and --zoom exclude each other", "a zoom sweep makes one output per factor")
+        raise UsageError("--copies and --zoom exclude each other", "a zoom sweep makes one output per factor")
     check_writable(json_dest, "--json")
     console = console_for(json_dest, quiet)
     summary = _run_tree_job(run_warp, console, quiet, src=src, dst=dst, settings=settings, masks=masks,
