@@ -205,7 +205,7 @@ def evaluate_cmd(
     from dec_cli.evaluate import EvalSettings
     from dec_cli.evaluate_job import Reports, plan_evaluation, run_evaluation
     from dec_cli.metrics import parse_fail_if
-    from dec_cli.report import failure_message, render_tables, write_outputs
+    from dec_cli.report import failure_message
     from dec_cli.tta import parse_tta_scales
     from dec_cli.warp import parse_scale_range
 
@@ -227,19 +227,27 @@ def evaluate_cmd(
     finally:
         bar.stop()
     if is_main:
-        for m in report.models:
-            _print_conversion(console, m.weights_conversion)
-        render_tables(report, console)
-        emit_json(report.to_dict(), json_dest)
-        for path in write_outputs(report, markdown=markdown, plot=plot):
-            console.print(f"wrote {path}", markup=False)
-        if job.demo:
-            console.print("This was the bundled digits demo. On your own model and data:\n"
-                          "  dec warp VAL_DIR VAL_ZOOM --zoom 0.7,0.8,0.9,1,1.1,1.2,1.3\n"
-                          "  dec evaluate MODEL.safetensors resnet50 --weights r50.pth --data VAL_ZOOM --warps 4",
-                          markup=False)
+        _render_evaluation(console, report, json_dest, markdown=markdown, plot=plot, demo=job.demo)
     if report.failed:
         raise DecError(failure_message(report.failed), "the model is below the --fail-if threshold(s)")
+
+
+def _render_evaluation(console: Console, report: Any, json_dest: Optional[str], *, markdown: Optional[str],
+                       plot: Optional[str], demo: bool) -> None:
+    """Tables on the console, then the JSON, Markdown and plot reports (rank 0)."""
+    from dec_cli.report import render_tables, write_outputs
+
+    for m in report.models:
+        _print_conversion(console, m.weights_conversion)
+    render_tables(report, console)
+    emit_json(report.to_dict(), json_dest)
+    for path in write_outputs(report, markdown=markdown, plot=plot):
+        console.print(f"wrote {path}", markup=False)
+    if demo:
+        console.print("This was the bundled digits demo. On your own model and data:\n"
+                      "  dec warp VAL_DIR VAL_ZOOM --zoom 0.7,0.8,0.9,1,1.1,1.2,1.3\n"
+                      "  dec evaluate MODEL.safetensors resnet50 --weights r50.pth --data VAL_ZOOM --warps 4",
+                      markup=False)
 
 
 def _named_tasks(bar: Progress) -> Callable[[str, int, int], None]:
@@ -413,49 +421,24 @@ def retrofit_cmd(
     Example: dec retrofit vit_small_patch16_224 --weights vit_s.safetensors -o dec_vit_s.safetensors
     """
     import shlex
-    from pathlib import Path
 
-    if not output.lower().endswith(".safetensors"):
-        raise UsageError(f"output {output} must end in .safetensors", "name it like OUT.safetensors")
-    if Path(output).exists() and not force:
-        raise UsageError(f"{output} exists", "pass --force to overwrite it, or choose another -o")
-    check_report_path(json_dest, "--json", files=[("OUT", output), ("--weights", weights), ("--recipe", recipe)])
-    if mode is not None and mode not in ("canonicalize", "equivariant"):
-        raise UsageError(f"--mode must be canonicalize or equivariant, not {mode!r}")
-    if weights is not None and pretrained:
-        raise UsageError("--weights and --pretrained exclude each other", "use --weights FILE offline, --pretrained online")
-    use_pretrained = pretrained if pretrained is not None else weights is None
+    from dec_cli.retrofit_job import RetrofitJob, run_retrofit
 
-    import torch
-
-    from dec_cli.checkpoint import create_backbone, save_model
-    from dec_cli.retrofit import backbone_parameters, count_parameters, dec_parameters, insertion_table, retrofit
-
-    torch.manual_seed(seed)
+    job = RetrofitJob(model, output, weights=weights, pretrained=pretrained, num_classes=num_classes,
+                      img_size=img_size, recipe=recipe, at=at, mode=mode, grid=grid, rows=rows, iters=iters,
+                      seed=seed, force=force)
+    job.check(json_dest)
     console = console_for(json_dest, quiet)
-    net = create_backbone(model, weights=weights, pretrained=use_pretrained, num_classes=num_classes,
-                          img_size=img_size)
-    _print_conversion(console, net.dec_info.get("weights_conversion"))
-    retrofit(net, recipe=recipe, at=at, mode=mode, grid=grid, rows=rows, iters=iters, img_size=img_size)
     argv = sys.argv[1:] if "retrofit" in sys.argv[1:] else ["retrofit", model, "-o", output]
-    options = {"recipe": recipe, "at": at, "mode": mode, "grid": grid, "rows": rows, "iters": iters,
-               "img_size": img_size, "num_classes": num_classes}
-    save_model(net, output, command="dec " + " ".join(shlex.quote(a) for a in argv), seed=seed,
-               weights=weights if weights else ("pretrained" if use_pretrained else "random"),
-               options={k: v for k, v in options.items() if v is not None})
-    info = net.dec_info
-    rec = info["recipe"]
-    n_bb, n_dec = count_parameters(backbone_parameters(net)), count_parameters(dec_parameters(net))
-    summary = {"model": model, "output": output, "recipe": rec["name"], "mode": rec["mode"],
-               "num_classes": info["num_classes"], "dec_settings": rec["dec"], "points": rec["points"],
-               "layers": insertion_table(net),
-               "parameters": {"backbone": n_bb, "dec": n_dec, "dec_fraction": n_dec / max(n_bb, 1)}}
-    if rec["name"] == "auto":
-        console.print(f"recipe auto: {rec['description']}", markup=False, soft_wrap=True)
-    console.print(_points_table(f"{model}: recipe {rec['name']}, mode {rec['mode']}", rec["points"]))
-    s = rec["dec"]
+    summary, description = run_retrofit(job, "dec " + " ".join(shlex.quote(a) for a in argv),
+                                         on_weights=lambda conversion: _print_conversion(console, conversion))
+    if summary["recipe"] == "auto":
+        console.print(f"recipe auto: {description}", markup=False, soft_wrap=True)
+    console.print(_points_table(f"{model}: recipe {summary['recipe']}, mode {summary['mode']}", summary["points"]))
+    s = summary["dec_settings"]
     console.print(f"DEC: grid {s['grid']}, rows {s['rows']}, iters {s['iters']}, channels {s['channels']}, "
                   f"hidden {s['hidden']}, damping {s['damping']}, grad steps {s['grad_steps']}")
+    n_bb, n_dec = summary["parameters"]["backbone"], summary["parameters"]["dec"]
     console.print(f"parameters: DEC {_fmt_count(n_dec)} vs backbone {_fmt_count(n_bb)} "
                   f"({100 * n_dec / max(n_bb, 1):.3f}%)")
     console.print(f"wrote {output}", markup=False)
