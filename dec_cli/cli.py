@@ -1,8 +1,12 @@
 """The `dec` command line: thin Typer commands that parse, call the library, and report.
 
-Nothing below this module prints or exits. Library code raises
-`dec_cli.errors.DecError`; `main()` turns it into one `error: ...` line and
-the documented exit code (0 success, 1 failure, 2 usage error, 130 interrupted).
+Each command parses its options, calls one library function and renders the
+result with `dec_cli.cli_render`; the library never prints or exits. Library
+code raises `dec_cli.errors.DecError` (a bad option here raises its
+`UsageError` too); `main()` turns it into one `error: ...` line and the
+documented exit code (0 success, 1 failure, 2 usage error, 130 interrupted).
+Commands import what they use inside their bodies, so that `dec --help` and
+`dec --version` load no torch.
 """
 
 from __future__ import annotations
@@ -13,12 +17,9 @@ from typing import Any, Callable, Iterable, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dec_cli import __version__
-from dec_cli.display import printable, shorten
 from dec_cli.errors import DecError, UsageError
-from dec_cli.files import json_text, write_json
 from dec_cli.finetune_options import CliOption, cli_options
 from dec_cli.reportpath import check_report_path
 
@@ -60,39 +61,6 @@ def _root(
     _state["command"] = ctx.invoked_subcommand
 
 
-# --------------------------------------------------------------------------- shared reporting helpers
-
-
-def console_for(json_dest: Optional[str], quiet: bool = False) -> Console:
-    """Console for human output; moves to stderr when JSON goes to stdout."""
-    return Console(stderr=(json_dest == "-"), quiet=quiet, highlight=False)
-
-
-def progress_bar(console: Console, quiet: bool, *extra_columns: Any) -> Progress:
-    """A Rich progress bar; silent under --quiet or when the console is not a terminal.
-
-    A disabled bar also gets a quiet console: Rich 13 and 14.0 print an empty line when a bar
-    stops on a non-terminal, even a disabled one.
-    """
-    disabled = quiet or not console.is_terminal
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), *extra_columns,
-        TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True, quiet=disabled), disable=disabled, transient=False,
-    )
-
-
-def emit_json(data: Any, destination: Optional[str]) -> None:
-    """Write the machine-readable result to a file or, for ``-``, to stdout."""
-    if destination is None:
-        return
-    if destination == "-":
-        sys.stdout.write(json_text(data))
-        sys.stdout.flush()
-    else:
-        write_json(data, destination)
-
-
 # --------------------------------------------------------------------------- dec digits
 
 
@@ -123,8 +91,7 @@ def digits_cmd(
 
     Example: dec digits dec_cli/data/mnist-8k.npz digits --seed 0 --n-train 3000
     """
-    from rich.table import Table
-
+    from dec_cli.cli_render import console_for, digits_table, emit_json, progress_bar
     from dec_cli.digits import DigitsConfig, build_digits, parse_zoom
     from dec_cli.warp import parse_scale_range
 
@@ -143,14 +110,7 @@ def digits_cmd(
         task = bar.add_task("composites", total=None)
         result = build_digits(src, dst, config, overwrite=overwrite,
                               progress=lambda done, total: bar.update(task, completed=done, total=total))
-    table = Table(title=f"digits benchmark in {dst}")
-    for col in ("split", "images", "classes", "size"):
-        table.add_column(col)
-    for split, n in result.counts.items():
-        table.add_row(split, str(n), str(len(result.class_names)), f"{result.image_size}x{result.image_size}")
-    table.add_row("test-zoom", str(result.zoom_files), str(len(result.class_names)),
-                  f"x{len(config.zoom)} factors")
-    console.print(table)
+    digits_table(console, result, dst, len(config.zoom))
     emit_json(result.to_json(), json_dest)
 
 
@@ -202,6 +162,7 @@ def evaluate_cmd(
 
     Example: dec evaluate model.safetensors resnet18 --weights r18.pth --data val-zoom --fail-if "top1<0.7"
     """
+    from dec_cli.cli_render import console_for, named_tasks, progress_bar, render_evaluation
     from dec_cli.evaluate import EvalSettings
     from dec_cli.evaluate_job import Reports, plan_evaluation, run_evaluation
     from dec_cli.metrics import parse_fail_if
@@ -223,44 +184,13 @@ def evaluate_cmd(
     console = console_for(json_dest, quiet)
     bar = progress_bar(console, quiet)
     try:
-        report, is_main = run_evaluation(job, _named_tasks(bar))
+        report, is_main = run_evaluation(job, named_tasks(bar))
     finally:
         bar.stop()
     if is_main:
-        _render_evaluation(console, report, json_dest, markdown=markdown, plot=plot, demo=job.demo)
+        render_evaluation(console, report, json_dest, markdown=markdown, plot=plot, demo=job.demo)
     if report.failed:
         raise DecError(failure_message(report.failed), "the model is below the --fail-if threshold(s)")
-
-
-def _render_evaluation(console: Console, report: Any, json_dest: Optional[str], *, markdown: Optional[str],
-                       plot: Optional[str], demo: bool) -> None:
-    """Tables on the console, then the JSON, Markdown and plot reports (rank 0)."""
-    from dec_cli.report import render_tables, write_outputs
-
-    for m in report.models:
-        _print_conversion(console, m.weights_conversion)
-    render_tables(report, console)
-    emit_json(report.to_dict(), json_dest)
-    for path in write_outputs(report, markdown=markdown, plot=plot):
-        console.print(f"wrote {path}", markup=False)
-    if demo:
-        console.print("This was the bundled digits demo. On your own model and data:\n"
-                      "  dec warp VAL_DIR VAL_ZOOM --zoom 0.7,0.8,0.9,1,1.1,1.2,1.3\n"
-                      "  dec evaluate MODEL.safetensors resnet50 --weights r50.pth --data VAL_ZOOM --warps 4",
-                      markup=False)
-
-
-def _named_tasks(bar: Progress) -> Callable[[str, int, int], None]:
-    """A progress callback with one bar per name; the bar starts with the first report."""
-    tasks: dict[str, Any] = {}
-
-    def on_progress(name: str, done: int, total: int) -> None:
-        bar.start()
-        if name not in tasks:
-            tasks[name] = bar.add_task(name, total=total)
-        bar.update(tasks[name], completed=done, total=total)
-
-    return on_progress
 
 
 # --------------------------------------------------------------------------- dec finetune
@@ -302,6 +232,9 @@ def finetune_cmd(
 
     Example: dec finetune dec_vit.safetensors digits -o runs/dec --epochs 5 --aug-prob 0.5
     """
+    from rich.progress import TextColumn
+
+    from dec_cli.cli_render import console_for, emit_json, finetune_events, finetune_summary, progress_bar
     from dec_cli.finetune import finetune
     from dec_cli.finetune_options import command_line_options, command_text
     from dec_cli.rundir import OUTPUT_NAMES
@@ -314,81 +247,17 @@ def finetune_cmd(
     console = console_for(json_dest, quiet)
     bar = progress_bar(console, quiet, TextColumn("{task.fields[stats]}"))
     try:
-        summary = finetune(ckpt, data, out_dir, chosen, resume=resume, on_event=_finetune_events(console, bar, ckpt),
+        summary = finetune(ckpt, data, out_dir, chosen, resume=resume, on_event=finetune_events(console, bar, ckpt),
                            command=command_text(ckpt, data, out_dir, typed, config=config, resume=resume))
     finally:
         bar.stop()
     if summary is None:  # a torchrun rank other than 0: rank 0 reports
         return
-    if summary["epochs_run"] == 0:
-        console.print(f"nothing to do: all {summary['epochs']} epochs of {out_dir} are done", soft_wrap=True)
-    for item in summary["bad_files"]:
-        console.print(f"skipped unreadable {printable(item['path'])}: {printable(item['reason'])}", markup=False,
-                      soft_wrap=True)
-    console.print(f"best val acc {summary['best_val_acc']:.3f} at epoch {summary['best_epoch']}; "
-                  f"checkpoints in {out_dir} (last.safetensors, best.safetensors), metrics in metrics.csv",
-                  soft_wrap=True)
+    finetune_summary(console, summary, out_dir)
     emit_json(summary, json_dest)
 
 
-def _finetune_events(console: Console, bar: Progress, ckpt: str) -> Callable[[str, dict], None]:
-    """The ``on_event`` callback of `dec_cli.finetune.finetune`: a line per epoch and the progress bars."""
-    tasks: dict[str, Any] = {}
-
-    def stats(loss: float, acc: float, ips: float) -> str:
-        return f"loss {loss:.4f}  acc {acc:.3f}  {ips:.1f} img/s"
-
-    def on_event(kind: str, ev: dict) -> None:
-        if kind == "start":
-            what = "resuming" if ev["resumed"] else "fine-tuning"
-            console.print(f"{what} {ckpt} ({'DEC' if ev['dec'] else 'no DEC'}{', new head' if ev['new_head'] else ''})"
-                          f" on {ev['train_images']} train / {ev['val_images']} val images, "
-                          f"{len(ev['classes'])} classes, {ev['device']} x{ev['world_size']}, "
-                          f"epochs {ev['start_epoch']}..{ev['epochs']}", soft_wrap=True)
-            _print_conversion(console, ev.get("weights_conversion"))
-            bar.start()
-            tasks["run"] = bar.add_task("run", total=ev["epochs"], completed=ev["start_epoch"] - 1, stats="")
-        elif kind == "epoch_start":
-            tasks["epoch"] = bar.add_task(f"epoch {ev['epoch']}/{ev['epochs']}", total=ev["steps"], stats="")
-        elif kind == "step":
-            bar.update(tasks["epoch"], completed=ev["step"], stats=stats(ev["loss"], ev["acc"], ev["images_per_s"]))
-        elif kind == "epoch_end":
-            row = ev["row"]
-            bar.remove_task(tasks.pop("epoch"))
-            bar.update(tasks["run"], advance=1, stats=stats(row["train_loss"], row["train_acc"], row["images_per_s"]))
-            console.print(f"epoch {row['epoch']}/{ev['epochs']}  train loss {row['train_loss']:.4f} "
-                          f"acc {row['train_acc']:.3f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} "
-                          f"consistency {row['val_consistency']:.3f}  {row['images_per_s']:.1f} img/s"
-                          + ("  (best)" if ev["best"] else ""), soft_wrap=True)
-
-    return on_event
-
-
 # --------------------------------------------------------------------------- dec retrofit / info / models
-
-
-def _fmt_count(n: Any) -> str:
-    return f"{int(n):,}" if isinstance(n, (int, float)) else "-"
-
-
-def _print_conversion(console: Console, conversion: Optional[dict]) -> None:
-    """Say that --weights were renamed from a foreign key layout (one line; nothing when they were not)."""
-    if conversion:
-        from dec_cli.foreign_weights import describe
-
-        console.print(describe(conversion), markup=False, soft_wrap=True)
-
-
-def _points_table(title: str, points: list[dict]) -> Any:
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for col in ("insertion point", "layout", "feature shape", "prefix tokens", "in channels"):
-        table.add_column(col)
-    for p in points:
-        shape = "x".join(str(d) for d in (p.get("shape") or [])) or "-"
-        table.add_row(p["path"], p["layout"], shape, str(p.get("prefix_tokens", 0)), str(p.get("in_channels", "-")))
-    return table
 
 
 @app.command("retrofit")
@@ -422,6 +291,7 @@ def retrofit_cmd(
     """
     import shlex
 
+    from dec_cli.cli_render import console_for, emit_json, print_conversion, retrofit_summary
     from dec_cli.retrofit_job import RetrofitJob, run_retrofit
 
     job = RetrofitJob(model, output, weights=weights, pretrained=pretrained, num_classes=num_classes,
@@ -431,17 +301,8 @@ def retrofit_cmd(
     console = console_for(json_dest, quiet)
     argv = sys.argv[1:] if "retrofit" in sys.argv[1:] else ["retrofit", model, "-o", output]
     summary, description = run_retrofit(job, "dec " + " ".join(shlex.quote(a) for a in argv),
-                                         on_weights=lambda conversion: _print_conversion(console, conversion))
-    if summary["recipe"] == "auto":
-        console.print(f"recipe auto: {description}", markup=False, soft_wrap=True)
-    console.print(_points_table(f"{model}: recipe {summary['recipe']}, mode {summary['mode']}", summary["points"]))
-    s = summary["dec_settings"]
-    console.print(f"DEC: grid {s['grid']}, rows {s['rows']}, iters {s['iters']}, channels {s['channels']}, "
-                  f"hidden {s['hidden']}, damping {s['damping']}, grad steps {s['grad_steps']}")
-    n_bb, n_dec = summary["parameters"]["backbone"], summary["parameters"]["dec"]
-    console.print(f"parameters: DEC {_fmt_count(n_dec)} vs backbone {_fmt_count(n_bb)} "
-                  f"({100 * n_dec / max(n_bb, 1):.3f}%)")
-    console.print(f"wrote {output}", markup=False)
+                                         on_weights=lambda conversion: print_conversion(console, conversion))
+    retrofit_summary(console, summary, description)
     emit_json(summary, json_dest)
 
 
@@ -454,34 +315,12 @@ def info_cmd(
 
     Example: dec info dec_vit_s.safetensors --json -
     """
-    from rich.table import Table
-
     from dec_cli.checkpoint import checkpoint_summary
+    from dec_cli.cli_render import checkpoint_table, console_for, emit_json
 
     check_report_path(json_dest, "--json", files=[("CKPT", ckpt)])
     s = checkpoint_summary(ckpt)
-    console = console_for(json_dest)
-    table = Table(title=ckpt, title_justify="left", show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
-    names = s["class_names"]
-    classes = shorten(names, 10) if names else "-"
-    table.add_row("backbone", s["model_name"])
-    if s["model_kwargs"]:
-        table.add_row("model kwargs", ", ".join(f"{k}={v}" for k, v in s["model_kwargs"].items()))
-    table.add_row("classes", f"{s['num_classes']}: {classes}")
-    table.add_row("DEC", f"recipe {s['recipe']}, mode {s['mode']}" if s["dec"] else "none (plain backbone)")
-    if s["dec_settings"]:
-        table.add_row("DEC settings", ", ".join(f"{k} {v}" for k, v in s["dec_settings"].items()))
-    p = s["parameters"]
-    table.add_row("parameters", f"backbone {_fmt_count(p.get('backbone'))}, DEC {_fmt_count(p.get('dec'))}")
-    table.add_row("format version", str(s["format_version"]))
-    for key, value in s["provenance"].items():
-        text = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
-        table.add_row(f"provenance: {key}", text)
-    console.print(table)
-    if s["insertion_points"]:
-        console.print(_points_table("insertion points", s["insertion_points"]))
+    checkpoint_table(console_for(json_dest), s, ckpt)
     emit_json(s, json_dest)
 
 
@@ -493,28 +332,12 @@ def models_cmd(
 
     Example: dec models --json -
     """
-    import timm
-    from rich.table import Table
+    from dec_cli.cli_render import console_for, emit_json, recipes_table
+    from dec_cli.retrofit_job import recipe_catalogue
 
-    from dec_cli.autorecipe import AUTO, SUMMARY
-    from dec_cli.retrofit import builtin_recipes
-
-    rows = []
-    for r in builtin_recipes():
-        d = r.to_dict()
-        d["covered_models"] = len(timm.list_models([p for p in r.patterns]))
-        rows.append(d)
-    console = console_for(json_dest)
-    table = Table(title="retrofit recipes (dec_cli/models/*.yaml)", title_justify="left")
-    for col in ("recipe", "timm names", "layout", "default at", "mode", "timm models"):
-        table.add_column(col)
-    for d in rows:
-        table.add_row(d["name"], " ".join(d["patterns"]), d["layout"], ",".join(d["at"]), d["mode"],
-                      str(d["covered_models"]))
-    console.print(table)
-    console.print(SUMMARY[0].upper() + SUMMARY[1:] + ".", markup=False, soft_wrap=True)
-    emit_json({"recipes": rows, "auto": {"name": AUTO, "covers": "timm names no recipe matches",
-                                         "description": SUMMARY}}, json_dest)
+    catalogue = recipe_catalogue()
+    recipes_table(console_for(json_dest), catalogue)
+    emit_json(catalogue, json_dest)
 
 
 # --------------------------------------------------------------------------- dec warp / dec unwarp
@@ -532,51 +355,6 @@ def _floats(text: Optional[str], option: str, example: str, count: Optional[int]
         raise UsageError(f"{option} expects {'X,Y' if count == 2 else 'comma-separated numbers'}; got {text!r}",
                          f"for example {option} {example}")
     return values
-
-
-def _tree_report(console: Console, summary: Any, json_dest: Optional[str], requested_workers: int) -> None:
-    """Summary table, list of bad files, JSON; shared by warp and unwarp."""
-    from rich.table import Table
-
-    table = Table(title=f"dec {summary.command}: {summary.src} -> {summary.dst}", show_header=False)
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    rows = [("source files" if summary.command == "warp" else "manifest entries", summary.files),
-            ("outputs written", summary.written), ("already there (resumed)", summary.skipped_existing)]
-    if summary.masks:
-        rows.append(("masks written", summary.masks))
-    workers = summary.workers if summary.workers == requested_workers else \
-        f"{summary.workers} (not {requested_workers}: one per {'file' if summary.command == 'warp' else 'entry'})"
-    rows += [("bad files", len(summary.bad)), ("workers", workers),
-             ("seconds", f"{summary.seconds:.2f}"), ("files/s", f"{summary.files_per_s:.1f}")]
-    if summary.manifest:
-        rows.append(("manifest", summary.manifest))
-    for key, value in rows:
-        table.add_row(key, str(value))
-    console.print(table)
-    if summary.bad:
-        # Listed even under --quiet: they are what the exit code is about.
-        err = Console(stderr=True, highlight=False, soft_wrap=True)
-        err.print(f"{len(summary.bad)} bad file(s), not written:", markup=False)
-        for item in summary.bad:
-            err.print(f"  {printable(item['path'])}: {printable(item['reason'])}", markup=False)
-    emit_json(summary.to_json(), json_dest)
-
-
-def _run_tree_job(job: Any, console: Console, quiet: bool, **kwargs: Any) -> Any:
-    """Run a tree job with a Rich progress bar showing files/s."""
-    from rich.progress import ProgressColumn
-    from rich.text import Text
-
-    class FilesPerSecond(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text("-- files/s" if speed is None else f"{speed:.1f} files/s")
-
-    with progress_bar(console, quiet, FilesPerSecond()) as bar:
-        task = bar.add_task("files", total=None)
-        return job(on_start=lambda n: bar.update(task, total=n),
-                   on_progress=lambda k: bar.advance(task, k), **kwargs)
 
 
 @app.command("warp")
@@ -616,6 +394,7 @@ def warp_cmd(
 
     On each object: dec warp photos/ zoomed/ --zoom 0.8,1,1.25 --center object --boxes boxes.json
     """
+    from dec_cli.cli_render import console_for, run_tree_job, tree_report
     from dec_cli.folderwarp import WarpSettings, run_warp
     from dec_cli.objects import OBJECT
     from dec_cli.report import check_writable
@@ -637,9 +416,9 @@ def warp_cmd(
         raise UsageError("--copies and --zoom exclude each other", "a zoom sweep makes one output per factor")
     check_writable(json_dest, "--json")
     console = console_for(json_dest, quiet)
-    summary = _run_tree_job(run_warp, console, quiet, src=src, dst=dst, settings=settings, masks=masks,
+    summary = run_tree_job(run_warp, console, quiet, src=src, dst=dst, settings=settings, masks=masks,
                             boxes=boxes, workers=workers, overwrite=overwrite, resume=resume, json_path=json_dest)
-    _tree_report(console, summary, json_dest, workers)
+    tree_report(console, summary, json_dest, workers)
     if summary.bad and not skip_bad:
         raise DecError(f"{len(summary.bad)} file(s) could not be read (listed above); the rest were written",
                        "pass --skip-bad to exit 0 anyway")
@@ -662,14 +441,15 @@ def unwarp_cmd(
 
     Example: dec unwarp warped/ restored/ --manifest warped/manifest.jsonl
     """
+    from dec_cli.cli_render import console_for, run_tree_job, tree_report
     from dec_cli.folderwarp import run_unwarp
     from dec_cli.report import check_writable
 
     check_writable(json_dest, "--json")
     console = console_for(json_dest, quiet)
-    summary = _run_tree_job(run_unwarp, console, quiet, src=src, dst=dst, manifest=manifest, workers=workers,
+    summary = run_tree_job(run_unwarp, console, quiet, src=src, dst=dst, manifest=manifest, workers=workers,
                             overwrite=overwrite, resume=resume, json_path=json_dest)
-    _tree_report(console, summary, json_dest, workers)
+    tree_report(console, summary, json_dest, workers)
     if summary.bad and not skip_bad:
         raise DecError(f"{len(summary.bad)} file(s) or manifest record(s) could not be restored (listed above); "
                        "the rest were written", "pass --skip-bad to exit 0 anyway")

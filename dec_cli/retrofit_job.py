@@ -1,7 +1,8 @@
-"""``dec retrofit`` as a job: options checked, the backbone built, DEC inserted, the checkpoint saved.
+"""``dec retrofit`` as a job: options checked, the backbone built, DEC inserted, the checkpoint saved;
+and ``dec models``, the catalogue of recipes it can use.
 
 The checkpoint records how it was made (command, seed, weights source, the
-retrofit options given); the returned summary is the command's JSON.
+retrofit options given); the returned summaries are the commands' JSON.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import timm
 import torch
 
+from dec_cli.autorecipe import AUTO, SUMMARY
 from dec_cli.checkpoint import create_backbone, save_model
 from dec_cli.errors import UsageError
 from dec_cli.reportpath import check_report_path
-from dec_cli.retrofit import backbone_parameters, count_parameters, dec_parameters, insertion_table, retrofit
+from dec_cli.retrofit import (backbone_parameters, builtin_recipes, count_parameters, dec_parameters, insertion_table,
+                              retrofit)
 
 MODES = ("canonicalize", "equivariant")
 
@@ -88,3 +92,13 @@ def run_retrofit(job: RetrofitJob, command: str,
                "layers": insertion_table(net),
                "parameters": {"backbone": n_bb, "dec": n_dec, "dec_fraction": n_dec / max(n_bb, 1)}}
     return summary, rec.get("description", "")
+
+
+def recipe_catalogue() -> dict[str, Any]:
+    """The built-in recipes, each with the number of timm models it covers, and the automatic recipe."""
+    rows = []
+    for r in builtin_recipes():
+        d = r.to_dict()
+        d["covered_models"] = len(timm.list_models([p for p in r.patterns]))
+        rows.append(d)
+    return {"recipes": rows, "auto": {"name": AUTO, "covers": "timm names no recipe matches", "description": SUMMARY}}

@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -30,11 +30,16 @@ from dec_cli.optimizer import Schedule, hold_backbone_norm_statistics, split_par
 from dec_cli.rundir import Progress, RunFolder
 from dec_cli.warp import Warp, apply_warp, key_seed, keyed_warp, random_warp
 
+if TYPE_CHECKING:  # finetune.py imports this module
+    from dec_cli.finetune import Splits
+
 EventFn = Callable[[str, dict], None]
 
 
 @dataclass
 class EpochStats:
+    """One epoch of training over all ranks: mean loss and accuracy, images, seconds, unreadable files."""
+
     loss: float = 0.0
     acc: float = 0.0
     images: int = 0
@@ -48,7 +53,7 @@ class TrainInputs:
 
     ckpt: str
     data: str
-    splits: Any  # dec_cli.finetune.Splits
+    splits: Splits
     model: nn.Module
     new_head: bool
     img_size: Optional[int]  # None: the model's timm data config decides
