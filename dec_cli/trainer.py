@@ -75,7 +75,7 @@ class Trainer:
         self.schedule = Schedule(self.groups, cfg, self.steps_per_epoch)
         self.progress = run.restore(self.model, self.schedule.optimizer, inputs.ckpt)
         self.start_epoch = self.progress.epoch
-        self.rows = run.rows_until(self.start_epoch) if run.state is not None else []
+        self.rows = run.rows_until(self.start_epoch)
         self._set_up_forward()
         self._val_warps = self._make_val_warps()
 
