@@ -1,23 +1,26 @@
 """The `dec` command line: thin Typer commands that parse, call the library, and report.
 
-Nothing below this module prints or exits. Library code raises
-`dec_cli.errors.DecError`; `main()` turns it into one `error: ...` line and
-the documented exit code (0 success, 1 failure, 2 usage error, 130 interrupted).
+Each command parses its options, calls one library function and renders the
+result with `dec_cli.cli_render`; the library never prints or exits. Library
+code raises `dec_cli.errors.DecError` (a bad option here raises its
+`UsageError` too); `main()` turns it into one `error: ...` line and the
+documented exit code (0 success, 1 failure, 2 usage error, 130 interrupted).
+Commands import what they use inside their bodies, so that `dec --help` and
+`dec --version` load no torch.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dec_cli import __version__
-from dec_cli.display import printable
-from dec_cli.errors import EXIT_USAGE, DecError
-from dec_cli.files import json_text, write_json
+from dec_cli.version import __version__
+from dec_cli.errors import DecError, UsageError
+from dec_cli.finetune_options import CliOption, cli_options
 from dec_cli.reportpath import check_report_path
 
 app = typer.Typer(
@@ -58,52 +61,11 @@ def _root(
     _state["command"] = ctx.invoked_subcommand
 
 
-# --------------------------------------------------------------------------- shared reporting helpers
-
-
-def console_for(json_dest: Optional[str], quiet: bool = False) -> Console:
-    """Console for human output; moves to stderr when JSON goes to stdout."""
-    return Console(stderr=(json_dest == "-"), quiet=quiet, highlight=False)
-
-
-def progress_bar(console: Console, quiet: bool, *extra_columns: Any) -> Progress:
-    """A Rich progress bar; silent under --quiet or when the console is not a terminal.
-
-    A disabled bar also gets a quiet console: Rich 13 and 14.0 print an empty line when a bar
-    stops on a non-terminal, even a disabled one.
-    """
-    disabled = quiet or not console.is_terminal
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), *extra_columns,
-        TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True, quiet=disabled), disable=disabled, transient=False,
-    )
-
-
-def emit_json(data: Any, destination: Optional[str]) -> None:
-    """Write the machine-readable result to a file or, for ``-``, to stdout."""
-    if destination is None:
-        return
-    if destination == "-":
-        sys.stdout.write(json_text(data))
-        sys.stdout.flush()
-    else:
-        write_json(data, destination)
-
-
-def fail(message: str, hint: Optional[str] = None, code: int = EXIT_USAGE) -> None:
-    """Exit with a one-line error from inside a command (parse-level problems)."""
-    err = DecError(message, hint)
-    err.exit_code = code
-    raise err
-
-
 def _scale_range(text: str, option: str = "--scale-range", example: str = "0.75,1.33", *, named: bool = False):
     """Parse a ``LO,HI`` option into a `ScaleRange`, once, here; a bad one is a usage error (exit 2).
 
     ``named`` puts the option's name in front of the reason (`dec digits` has two such options).
     """
-    from dec_cli.errors import UsageError
     from dec_cli.scalerange import ScaleRange
 
     try:
@@ -142,8 +104,7 @@ def digits_cmd(
 
     Example: dec digits dec_cli/data/mnist-8k.npz digits --seed 0 --n-train 3000
     """
-    from rich.table import Table
-
+    from dec_cli.cli_render import console_for, digits_table, emit_json, progress_bar
     from dec_cli.digits import DigitsConfig, build_digits, parse_zoom
 
     ranges = {option: None if text is None else _scale_range(text, option, "0.6,1.6", named=True)
@@ -157,14 +118,7 @@ def digits_cmd(
         task = bar.add_task("composites", total=None)
         result = build_digits(src, dst, config, overwrite=overwrite,
                               progress=lambda done, total: bar.update(task, completed=done, total=total))
-    table = Table(title=f"digits benchmark in {dst}")
-    for col in ("split", "images", "classes", "size"):
-        table.add_column(col)
-    for split, n in result.counts.items():
-        table.add_row(split, str(n), str(len(result.class_names)), f"{result.image_size}x{result.image_size}")
-    table.add_row("test-zoom", str(result.zoom_files), str(len(result.class_names)),
-                  f"x{len(config.zoom)} factors")
-    console.print(table)
+    digits_table(console, result, dst, len(config.zoom))
     emit_json(result.to_json(), json_dest)
 
 
@@ -216,79 +170,29 @@ def evaluate_cmd(
 
     Example: dec evaluate model.safetensors resnet18 --weights r18.pth --data val-zoom --fail-if "top1<0.7"
     """
-    from pathlib import Path
-
-    from dec_cli import distributed as D
-    from dec_cli.errors import DecError, UsageError
-    from dec_cli.evaluate import EvalSettings, ModelSpec, evaluate
+    from dec_cli.cli_render import console_for, named_tasks, progress_bar, render_evaluation
+    from dec_cli.evaluate import EvalSettings
+    from dec_cli.evaluate_job import Reports, plan_evaluation, run_evaluation
     from dec_cli.metrics import parse_fail_if
-    from dec_cli.report import check_writable, failure_message, render_tables, write_outputs
+    from dec_cli.report import failure_message
     from dec_cli.tta import parse_tta_scales
 
     thresholds = [parse_fail_if(expr) for expr in (fail_if or [])]
     tta = parse_tta_scales(tta_scales) if tta_scales is not None else ()
     lo_hi = _scale_range(scale_range)
-    if plot is not None and not plot.lower().endswith(".png"):
-        raise UsageError(f"--plot writes PNG; {plot!r} does not end in .png", "for example --plot report.png")
-    reports = ((json_dest, "--json"), (markdown, "--markdown"), (plot, "--plot"))
-    inputs = [("MODEL", m) for m in models or [] if Path(m).is_file()] + [("--weights", w) for w in weights or []]
-    for path, option in reports:
-        check_writable(path, option)
-        check_report_path(path, option, trees=[("--data", data)],
-                          files=inputs + [("--class-map", class_map)] + [(o, p) for p, o in reports if o != option])
-    models = list(models or [])
-    demo = False
-    if not models and data is None:
-        try:
-            from dec_cli.demo import demo_inputs
-        except ImportError:
-            raise DecError("the bundled demo is not available in this installation",
-                           "pass MODEL... and --data DIR") from None
-        demo_models, demo_root = demo_inputs()
-        models = [str(p) for p in demo_models]
-        zoom_dir = Path(demo_root) / "test-zoom"
-        data = str(zoom_dir if zoom_dir.is_dir() else demo_root)
-        # The demo shows random-warp metrics beside the zoom sweep.
-        warps = 4 if warps is None else warps
-        demo = True
-    elif not models:
-        raise UsageError("no MODEL given", "pass DEC checkpoints or timm names before --data")
-    elif data is None:
-        raise UsageError("no --data DIR given", "pass --data DIR with one subfolder per class")
-    names = [m for m in models if not Path(m).is_file()]
-    weights = list(weights or [])
-    if len(weights) > len(names):
-        raise UsageError(f"{len(weights)} --weights file(s) but only {len(names)} timm-name MODEL(s)",
-                         "checkpoints carry their own weights; give one --weights per timm name")
-    given = dict(zip(names, weights))
-    specs = [ModelSpec(m, weights=given.get(m) if m in names else None, pretrained=pretrained) for m in models]
     settings = EvalSettings(warps=warps, scale_range=lo_hi, grid=grid, rows=rows, seed=seed, img_size=img_size,
                             limit=limit, batch_size=batch_size, workers=workers, device=device, amp=amp,
                             compile=compile_, class_map=class_map, no_labels=no_labels, tta_scales=tta)
-    with D.process_group(device) as info:
-        quiet_here = quiet or not info.is_main
-        console = console_for(json_dest, quiet_here)
-        with progress_bar(console, quiet_here) as bar:
-            tasks: dict[str, Any] = {}
-
-            def on_progress(name: str, done: int, total: int) -> None:
-                if name not in tasks:
-                    tasks[name] = bar.add_task(name, total=total)
-                bar.update(tasks[name], completed=done, total=total)
-
-            report = evaluate(specs, data, settings, thresholds=thresholds, progress=on_progress)
-        if info.is_main:
-            for m in report.models:
-                _print_conversion(console, m.weights_conversion)
-            render_tables(report, console)
-            emit_json(report.to_dict(), json_dest)
-            for path in write_outputs(report, markdown=markdown, plot=plot):
-                console.print(f"wrote {path}", markup=False)
-            if demo:
-                console.print("This was the bundled digits demo. On your own model and data:\n"
-                              "  dec warp VAL_DIR VAL_ZOOM --zoom 0.7,0.8,0.9,1,1.1,1.2,1.3\n"
-                              "  dec evaluate MODEL.safetensors resnet50 --weights r50.pth --data VAL_ZOOM --warps 4",
-                              markup=False)
+    job = plan_evaluation(models or [], data, settings, weights=weights or [], pretrained=pretrained,
+                          thresholds=thresholds, reports=Reports(json_dest, markdown, plot))
+    console = console_for(json_dest, quiet)
+    bar = progress_bar(console, quiet)
+    try:
+        report, is_main = run_evaluation(job, named_tasks(bar))
+    finally:
+        bar.stop()
+    if is_main:
+        render_evaluation(console, report, json_dest, markdown=markdown, plot=plot, demo=job.demo)
     if report.failed:
         raise DecError(failure_message(report.failed), "the model is below the --fail-if threshold(s)")
 
@@ -296,156 +200,68 @@ def evaluate_cmd(
 # --------------------------------------------------------------------------- dec finetune
 
 
+def _with_options(options: Iterable[CliOption], after: str) -> Callable[[Callable], Callable]:
+    """Give a command one Typer option per `CliOption`, placed after its parameter ``after``.
+
+    The command takes them as ``**options``; their names, types, defaults and help
+    come from the library (`dec_cli.finetune_options`), so they are declared once.
+    """
+    def decorate(command: Callable) -> Callable:
+        own = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+               for p in inspect.signature(command).parameters.values() if p.kind != p.VAR_KEYWORD]
+        added = [inspect.Parameter(o.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=o.type,
+                                   default=typer.Option(o.default, o.flag, help=o.help, metavar=o.metavar))
+                 for o in options]
+        cut = [p.name for p in own].index(after) + 1
+        command.__signature__ = inspect.Signature(own[:cut] + added + own[cut:])
+        return command
+
+    return decorate
+
+
 @app.command("finetune")
+@_with_options(cli_options(), after="out_dir")
 def finetune_cmd(
     ctx: typer.Context,
     ckpt: str = typer.Argument(..., metavar="CKPT", help="DEC checkpoint (.safetensors) or a plain timm model name."),
     data: str = typer.Argument(..., metavar="DATA", help="Folder with train/ and val/ ImageFolder trees."),
     out_dir: str = typer.Option(..., "--out", "-o", metavar="OUT_DIR", help="Run folder: metrics.csv, last/best.safetensors, state.pt."),
-    epochs: int = typer.Option(10, "--epochs", help="Epochs in the whole run."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per step and process."),
-    lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate of the backbone (and of a new head)."),
-    dec_lr: float = typer.Option(1e-3, "--dec-lr", help="Peak learning rate of the DEC modules."),
-    weight_decay: float = typer.Option(0.05, "--weight-decay", help="AdamW weight decay (not on biases and norms)."),
-    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", help="Linear warmup before the cosine decay (at most a quarter of the run)."),
-    dec_warmup_epochs: int = typer.Option(0, "--dec-warmup-epochs", help="Train the DEC alone for this many epochs first, backbone frozen."),
-    freeze_backbone: bool = typer.Option(False, "--freeze-backbone/--no-freeze-backbone", help="Train only the DEC (and a new head)."),
-    eq_weight: float = typer.Option(0.0, "--eq-weight", help="Weight of the invariance loss between f(x) and f(S x), S a random warp."),
-    canon_weight: float = typer.Option(0.0, "--canon-weight", help="Weight of the DEC canonicalization loss: Phi(S x) should be S o Phi(x) (DEC checkpoints)."),
-    aug_prob: float = typer.Option(0.0, "--aug-prob", help="Probability that a training batch is replaced by warped copies."),
-    scale_range: str = typer.Option("0.75,1.33", "--scale-range", metavar="LO,HI", help="Local scale factors of the random warps."),
-    grid: int = typer.Option(8, "--grid", help="Warp intervals per axis."),
-    rows: int = typer.Option(1, "--rows", help="Warp control rows (1 = separable)."),
-    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing of the cross-entropy."),
-    clip_grad: float = typer.Option(1.0, "--clip-grad", help="Clip the gradient norm to this (0 = off)."),
-    amp: bool = typer.Option(False, "--amp/--no-amp", help="bf16 autocast (meant for GPUs)."),
-    compile_: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model."),
-    workers: int = typer.Option(0, "--workers", help="Data-loading worker processes."),
-    seed: int = typer.Option(0, "--seed", help="Seed of data order, warps and a new head."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input size (default: the model's)."),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Train a new head with this many classes."),
-    val: Optional[str] = typer.Option(None, "--val", metavar="DIR", help="Validation tree (default DATA/val)."),
-    weights: Optional[str] = typer.Option(None, "--weights", metavar="FILE", help="Local weights for a timm model name."),
-    pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="timm hub weights for a timm model name."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT_DIR from its last completed epoch."),
     config: Optional[str] = typer.Option(None, "--config", metavar="FILE.yaml", help="Options from YAML; the command line wins."),
     json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write a JSON summary."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or per-epoch lines."),
+    **options: Any,
 ) -> None:
     """Fine-tune backbone and DEC (or a plain timm model) on an ImageFolder dataset; resumable, torchrun-ready.
 
     Example: dec finetune dec_vit.safetensors digits -o runs/dec --epochs 5 --aug-prob 0.5
     """
-    import os
-    import shlex
+    from rich.progress import TextColumn
 
-    from dec_cli.config import read_config
-    from dec_cli.finetune import BEST_NAME, LAST_NAME, METRICS_NAME, STATE_NAME, FinetuneConfig, finetune
+    from dec_cli.cli_render import console_for, emit_json, finetune_events, finetune_summary, progress_bar
+    from dec_cli.finetune import finetune
+    from dec_cli.finetune_options import command_line_options, command_text
+    from dec_cli.rundir import OUTPUT_NAMES
 
-    check_report_path(json_dest, "--json", trees=[("DATA", data), ("--val", val)],
-                      files=[("CKPT", ckpt), ("--weights", weights), ("--config", config)],
-                      root=out_dir, names={BEST_NAME, LAST_NAME, METRICS_NAME, STATE_NAME})
-
-    names = FinetuneConfig.option_names()
-    values = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "dec_lr": dec_lr, "weight_decay": weight_decay,
-              "warmup_epochs": warmup_epochs, "dec_warmup_epochs": dec_warmup_epochs,
-              "freeze_backbone": freeze_backbone, "eq_weight": eq_weight, "canon_weight": canon_weight, "aug_prob": aug_prob,
-              "scale_range": scale_range, "grid": grid, "rows": rows, "label_smoothing": label_smoothing,
-              "clip_grad": clip_grad, "amp": amp, "compile": compile_, "workers": workers, "seed": seed,
-              "device": device, "img_size": img_size, "num_classes": num_classes, "val": val, "weights": weights,
-              "pretrained": pretrained}
-    assert set(values) == set(names)
-    param = {"compile": "compile_"}
-    typed = {k: v for k, v in values.items()
-             if getattr(ctx.get_parameter_source(param.get(k, k)), "name", "") == "COMMANDLINE"}
-    from_file = read_config(config, names) if config else {}
-    options = {**from_file, **typed}
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    quiet = quiet or not main_rank
+    check_report_path(json_dest, "--json", trees=[("DATA", data), ("--val", options["val"])],
+                      files=[("CKPT", ckpt), ("--weights", options["weights"]), ("--config", config)],
+                      root=out_dir, names=OUTPUT_NAMES)
+    typed = {k: v for k, v in options.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+    chosen = command_line_options(typed, config)
     console = console_for(json_dest, quiet)
-    fields = TextColumn("{task.fields[stats]}")
-
-    def stats(loss: float, acc: float, ips: float) -> str:
-        return f"loss {loss:.4f}  acc {acc:.3f}  {ips:.1f} img/s"
-
-    bar = progress_bar(console, quiet, fields)
-    tasks: dict[str, Any] = {}
-
-    def on_event(kind: str, ev: dict) -> None:
-        if kind == "start":
-            what = "resuming" if ev["resumed"] else "fine-tuning"
-            console.print(f"{what} {ckpt} ({'DEC' if ev['dec'] else 'no DEC'}{', new head' if ev['new_head'] else ''})"
-                          f" on {ev['train_images']} train / {ev['val_images']} val images, "
-                          f"{len(ev['classes'])} classes, {ev['device']} x{ev['world_size']}, "
-                          f"epochs {ev['start_epoch']}..{ev['epochs']}", soft_wrap=True)
-            _print_conversion(console, ev.get("weights_conversion"))
-            bar.start()
-            tasks["run"] = bar.add_task("run", total=ev["epochs"], completed=ev["start_epoch"] - 1, stats="")
-        elif kind == "epoch_start":
-            tasks["epoch"] = bar.add_task(f"epoch {ev['epoch']}/{ev['epochs']}", total=ev["steps"], stats="")
-        elif kind == "step":
-            bar.update(tasks["epoch"], completed=ev["step"], stats=stats(ev["loss"], ev["acc"], ev["images_per_s"]))
-        elif kind == "epoch_end":
-            row = ev["row"]
-            bar.remove_task(tasks.pop("epoch"))
-            bar.update(tasks["run"], advance=1, stats=stats(row["train_loss"], row["train_acc"], row["images_per_s"]))
-            console.print(f"epoch {row['epoch']}/{ev['epochs']}  train loss {row['train_loss']:.4f} "
-                          f"acc {row['train_acc']:.3f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} "
-                          f"consistency {row['val_consistency']:.3f}  {row['images_per_s']:.1f} img/s"
-                          + ("  (best)" if ev["best"] else ""), soft_wrap=True)
-
-    words = ["dec", "finetune", ckpt, data, "-o", out_dir]
-    for key, value in typed.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            words.append(flag if value else "--no-" + key.replace("_", "-"))
-        else:
-            words += [flag, str(value)]
-    words += (["--config", config] if config else []) + (["--resume"] if resume else [])
-    command = " ".join(shlex.quote(str(w)) for w in words)
+    bar = progress_bar(console, quiet, TextColumn("{task.fields[stats]}"))
     try:
-        summary = finetune(ckpt, data, out_dir, options, resume=resume, command=command, on_event=on_event)
+        summary = finetune(ckpt, data, out_dir, chosen, resume=resume, on_event=finetune_events(console, bar, ckpt),
+                           command=command_text(ckpt, data, out_dir, typed, config=config, resume=resume))
     finally:
         bar.stop()
-    if not main_rank:
+    if summary is None:  # a torchrun rank other than 0: rank 0 reports
         return
-    if summary["epochs_run"] == 0:
-        console.print(f"nothing to do: all {summary['epochs']} epochs of {out_dir} are done", soft_wrap=True)
-    for item in summary["bad_files"]:
-        console.print(f"skipped unreadable {printable(item['path'])}: {printable(item['reason'])}", markup=False,
-                      soft_wrap=True)
-    console.print(f"best val acc {summary['best_val_acc']:.3f} at epoch {summary['best_epoch']}; "
-                  f"checkpoints in {out_dir} (last.safetensors, best.safetensors), metrics in metrics.csv",
-                  soft_wrap=True)
+    finetune_summary(console, summary, out_dir)
     emit_json(summary, json_dest)
 
 
 # --------------------------------------------------------------------------- dec retrofit / info / models
-
-
-def _fmt_count(n: Any) -> str:
-    return f"{int(n):,}" if isinstance(n, (int, float)) else "-"
-
-
-def _print_conversion(console: Console, conversion: Optional[dict]) -> None:
-    """Say that --weights were renamed from a foreign key layout (one line; nothing when they were not)."""
-    if conversion:
-        from dec_cli.foreign_weights import describe
-
-        console.print(describe(conversion), markup=False, soft_wrap=True)
-
-
-def _points_table(title: str, points: list[dict]) -> Any:
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for col in ("insertion point", "layout", "feature shape", "prefix tokens", "in channels"):
-        table.add_column(col)
-    for p in points:
-        shape = "x".join(str(d) for d in (p.get("shape") or [])) or "-"
-        table.add_row(p["path"], p["layout"], shape, str(p.get("prefix_tokens", 0)), str(p.get("in_channels", "-")))
-    return table
 
 
 @app.command("retrofit")
@@ -482,55 +298,19 @@ def retrofit_cmd(
     Example: dec retrofit vit_small_patch16_224 --weights vit_s.safetensors -o dec_vit_s.safetensors
     """
     import shlex
-    from pathlib import Path
 
-    if not output.lower().endswith(".safetensors"):
-        fail(f"output {output} must end in .safetensors", "name it like OUT.safetensors")
-    if Path(output).exists() and not force:
-        fail(f"{output} exists", "pass --force to overwrite it, or choose another -o")
-    check_report_path(json_dest, "--json", files=[("OUT", output), ("--weights", weights), ("--recipe", recipe)])
-    if mode is not None and mode not in ("canonicalize", "equivariant"):
-        fail(f"--mode must be canonicalize or equivariant, not {mode!r}")
-    if weights is not None and pretrained:
-        fail("--weights and --pretrained exclude each other", "use --weights FILE offline, --pretrained online")
-    use_pretrained = pretrained if pretrained is not None else weights is None
+    from dec_cli.cli_render import console_for, emit_json, print_conversion, retrofit_summary
+    from dec_cli.retrofit_job import RetrofitJob, run_retrofit
 
-    import torch
-
-    from dec_cli.checkpoint import create_backbone, save_model
-    from dec_cli.retrofit import backbone_parameters, count_parameters, dec_parameters, insertion_table, retrofit
-
-    torch.manual_seed(seed)
+    job = RetrofitJob(model, output, weights=weights, pretrained=pretrained, num_classes=num_classes,
+                      img_size=img_size, recipe=recipe, at=at, mode=mode, grid=grid, rows=rows, iters=iters,
+                      solver=solver, hidden=hidden, channels=channels, seed=seed, force=force)
+    job.check(json_dest)
     console = console_for(json_dest, quiet)
-    net = create_backbone(model, weights=weights, pretrained=use_pretrained, num_classes=num_classes,
-                          img_size=img_size)
-    _print_conversion(console, net.dec_info.get("weights_conversion"))
-    retrofit(net, recipe=recipe, at=at, mode=mode, grid=grid, rows=rows, iters=iters, img_size=img_size,
-             solver=solver, hidden=hidden, channels=channels)
     argv = sys.argv[1:] if "retrofit" in sys.argv[1:] else ["retrofit", model, "-o", output]
-    options = {"recipe": recipe, "at": at, "mode": mode, "grid": grid, "rows": rows, "iters": iters,
-               "solver": solver, "hidden": hidden, "channels": channels, "img_size": img_size,
-               "num_classes": num_classes}
-    save_model(net, output, command="dec " + " ".join(shlex.quote(a) for a in argv), seed=seed,
-               weights=weights if weights else ("pretrained" if use_pretrained else "random"),
-               options={k: v for k, v in options.items() if v is not None})
-    info = net.dec_info
-    rec = info["recipe"]
-    n_bb, n_dec = count_parameters(backbone_parameters(net)), count_parameters(dec_parameters(net))
-    summary = {"model": model, "output": output, "recipe": rec["name"], "mode": rec["mode"],
-               "num_classes": info["num_classes"], "dec_settings": rec["dec"], "points": rec["points"],
-               "layers": insertion_table(net),
-               "parameters": {"backbone": n_bb, "dec": n_dec, "dec_fraction": n_dec / max(n_bb, 1)}}
-    if rec["name"] == "auto":
-        console.print(f"recipe auto: {rec['description']}", markup=False, soft_wrap=True)
-    console.print(_points_table(f"{model}: recipe {rec['name']}, mode {rec['mode']}", rec["points"]))
-    s = rec["dec"]
-    console.print(f"DEC: grid {s['grid']}, rows {s['rows']}, iters {s['iters']}, channels {s['channels']}, "
-                  f"hidden {s['hidden']}, damping {s['damping']}, grad steps {s['grad_steps']}, "
-                  f"solver {s.get('solver', 'fixed')}")
-    console.print(f"parameters: DEC {_fmt_count(n_dec)} vs backbone {_fmt_count(n_bb)} "
-                  f"({100 * n_dec / max(n_bb, 1):.3f}%)")
-    console.print(f"wrote {output}", markup=False)
+    summary, description = run_retrofit(job, "dec " + " ".join(shlex.quote(a) for a in argv),
+                                         on_weights=lambda conversion: print_conversion(console, conversion))
+    retrofit_summary(console, summary, description)
     emit_json(summary, json_dest)
 
 
@@ -543,34 +323,12 @@ def info_cmd(
 
     Example: dec info dec_vit_s.safetensors --json -
     """
-    from rich.table import Table
-
     from dec_cli.checkpoint import checkpoint_summary
+    from dec_cli.cli_render import checkpoint_table, console_for, emit_json
 
     check_report_path(json_dest, "--json", files=[("CKPT", ckpt)])
     s = checkpoint_summary(ckpt)
-    console = console_for(json_dest)
-    table = Table(title=ckpt, title_justify="left", show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
-    names = s["class_names"]
-    classes = (", ".join(names[:10]) + (f" ... ({len(names)} in all)" if len(names) > 10 else "")) if names else "-"
-    table.add_row("backbone", s["model_name"])
-    if s["model_kwargs"]:
-        table.add_row("model kwargs", ", ".join(f"{k}={v}" for k, v in s["model_kwargs"].items()))
-    table.add_row("classes", f"{s['num_classes']}: {classes}")
-    table.add_row("DEC", f"recipe {s['recipe']}, mode {s['mode']}" if s["dec"] else "none (plain backbone)")
-    if s["dec_settings"]:
-        table.add_row("DEC settings", ", ".join(f"{k} {v}" for k, v in s["dec_settings"].items()))
-    p = s["parameters"]
-    table.add_row("parameters", f"backbone {_fmt_count(p.get('backbone'))}, DEC {_fmt_count(p.get('dec'))}")
-    table.add_row("format version", str(s["format_version"]))
-    for key, value in s["provenance"].items():
-        text = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
-        table.add_row(f"provenance: {key}", text)
-    console.print(table)
-    if s["insertion_points"]:
-        console.print(_points_table("insertion points", s["insertion_points"]))
+    checkpoint_table(console_for(json_dest), s, ckpt)
     emit_json(s, json_dest)
 
 
@@ -582,28 +340,12 @@ def models_cmd(
 
     Example: dec models --json -
     """
-    import timm
-    from rich.table import Table
+    from dec_cli.cli_render import console_for, emit_json, recipes_table
+    from dec_cli.retrofit_job import recipe_catalogue
 
-    from dec_cli.autorecipe import AUTO, SUMMARY
-    from dec_cli.retrofit import builtin_recipes
-
-    rows = []
-    for r in builtin_recipes():
-        d = r.to_dict()
-        d["covered_models"] = len(timm.list_models([p for p in r.patterns]))
-        rows.append(d)
-    console = console_for(json_dest)
-    table = Table(title="retrofit recipes (dec_cli/models/*.yaml)", title_justify="left")
-    for col in ("recipe", "timm names", "layout", "default at", "mode", "timm models"):
-        table.add_column(col)
-    for d in rows:
-        table.add_row(d["name"], " ".join(d["patterns"]), d["layout"], ",".join(d["at"]), d["mode"],
-                      str(d["covered_models"]))
-    console.print(table)
-    console.print(SUMMARY[0].upper() + SUMMARY[1:] + ".", markup=False, soft_wrap=True)
-    emit_json({"recipes": rows, "auto": {"name": AUTO, "covers": "timm names no recipe matches",
-                                         "description": SUMMARY}}, json_dest)
+    catalogue = recipe_catalogue()
+    recipes_table(console_for(json_dest), catalogue)
+    emit_json(catalogue, json_dest)
 
 
 # --------------------------------------------------------------------------- dec warp / dec unwarp
@@ -618,54 +360,9 @@ def _floats(text: Optional[str], option: str, example: str, count: Optional[int]
     except ValueError:
         values = ()
     if not values or (count is not None and len(values) != count):
-        fail(f"{option} expects {'X,Y' if count == 2 else 'comma-separated numbers'}; got {text!r}",
-             f"for example {option} {example}")
+        raise UsageError(f"{option} expects {'X,Y' if count == 2 else 'comma-separated numbers'}; got {text!r}",
+                         f"for example {option} {example}")
     return values
-
-
-def _tree_report(console: Console, summary: Any, json_dest: Optional[str], requested_workers: int) -> None:
-    """Summary table, list of bad files, JSON; shared by warp and unwarp."""
-    from rich.table import Table
-
-    table = Table(title=f"dec {summary.command}: {summary.src} -> {summary.dst}", show_header=False)
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    rows = [("source files" if summary.command == "warp" else "manifest entries", summary.files),
-            ("outputs written", summary.written), ("already there (resumed)", summary.skipped_existing)]
-    if summary.masks:
-        rows.append(("masks written", summary.masks))
-    workers = summary.workers if summary.workers == requested_workers else \
-        f"{summary.workers} (not {requested_workers}: one per {'file' if summary.command == 'warp' else 'entry'})"
-    rows += [("bad files", len(summary.bad)), ("workers", workers),
-             ("seconds", f"{summary.seconds:.2f}"), ("files/s", f"{summary.files_per_s:.1f}")]
-    if summary.manifest:
-        rows.append(("manifest", summary.manifest))
-    for key, value in rows:
-        table.add_row(key, str(value))
-    console.print(table)
-    if summary.bad:
-        # Listed even under --quiet: they are what the exit code is about.
-        err = Console(stderr=True, highlight=False, soft_wrap=True)
-        err.print(f"{len(summary.bad)} bad file(s), not written:", markup=False)
-        for item in summary.bad:
-            err.print(f"  {printable(item['path'])}: {printable(item['reason'])}", markup=False)
-    emit_json(summary.to_json(), json_dest)
-
-
-def _run_tree_job(job: Any, console: Console, quiet: bool, **kwargs: Any) -> Any:
-    """Run a tree job with a Rich progress bar showing files/s."""
-    from rich.progress import ProgressColumn
-    from rich.text import Text
-
-    class FilesPerSecond(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text("-- files/s" if speed is None else f"{speed:.1f} files/s")
-
-    with progress_bar(console, quiet, FilesPerSecond()) as bar:
-        task = bar.add_task("files", total=None)
-        return job(on_start=lambda n: bar.update(task, total=n),
-                   on_progress=lambda k: bar.advance(task, k), **kwargs)
 
 
 @app.command("warp")
@@ -705,6 +402,7 @@ def warp_cmd(
 
     On each object: dec warp photos/ zoomed/ --zoom 0.8,1,1.25 --center object --boxes boxes.json
     """
+    from dec_cli.cli_render import console_for, run_tree_job, tree_report
     from dec_cli.folderwarp import run_warp
     from dec_cli.objects import OBJECT
     from dec_cli.report import check_writable
@@ -714,18 +412,18 @@ def warp_cmd(
     zooms = _floats(zoom, "--zoom", "0.8,1,1.25")
     centre = OBJECT if center == OBJECT else _floats(center, "--center", "0.5,0.5", count=2)
     if centre is not None and zooms is None:
-        fail(f"--center {center} applies to --zoom sweeps only", "add --zoom Z1,Z2,...")
+        raise UsageError(f"--center {center} applies to --zoom sweeps only", "add --zoom Z1,Z2,...")
     if radius is None and centre != OBJECT:
         radius = WarpSettings.radius
     settings = WarpSettings(seed=seed, scale_range=lo_hi, grid=grid, rows=rows, copies=copies,
                             zooms=zooms, center=centre, radius=radius)
     if zooms is not None and copies != 1:
-        fail("--copies and --zoom exclude each other", "a zoom sweep makes one output per factor")
+        raise UsageError("--copies and --zoom exclude each other", "a zoom sweep makes one output per factor")
     check_writable(json_dest, "--json")
     console = console_for(json_dest, quiet)
-    summary = _run_tree_job(run_warp, console, quiet, src=src, dst=dst, settings=settings, masks=masks,
+    summary = run_tree_job(run_warp, console, quiet, src=src, dst=dst, settings=settings, masks=masks,
                             boxes=boxes, workers=workers, overwrite=overwrite, resume=resume, json_path=json_dest)
-    _tree_report(console, summary, json_dest, workers)
+    tree_report(console, summary, json_dest, workers)
     if summary.bad and not skip_bad:
         raise DecError(f"{len(summary.bad)} file(s) could not be read (listed above); the rest were written",
                        "pass --skip-bad to exit 0 anyway")
@@ -748,14 +446,15 @@ def unwarp_cmd(
 
     Example: dec unwarp warped/ restored/ --manifest warped/manifest.jsonl
     """
+    from dec_cli.cli_render import console_for, run_tree_job, tree_report
     from dec_cli.folderwarp import run_unwarp
     from dec_cli.report import check_writable
 
     check_writable(json_dest, "--json")
     console = console_for(json_dest, quiet)
-    summary = _run_tree_job(run_unwarp, console, quiet, src=src, dst=dst, manifest=manifest, workers=workers,
+    summary = run_tree_job(run_unwarp, console, quiet, src=src, dst=dst, manifest=manifest, workers=workers,
                             overwrite=overwrite, resume=resume, json_path=json_dest)
-    _tree_report(console, summary, json_dest, workers)
+    tree_report(console, summary, json_dest, workers)
     if summary.bad and not skip_bad:
         raise DecError(f"{len(summary.bad)} file(s) or manifest record(s) could not be restored (listed above); "
                        "the rest were written", "pass --skip-bad to exit 0 anyway")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from dec_cli import __version__
+from dec_cli.version import __version__
 
 
 def test_version(run_dec):

@@ -61,7 +61,8 @@ def make_shapes(root: Path, *, n_train: int = 6, n_val: int = 3, seed: int = 0,
 
 def make_dec_checkpoint(path: Path, classes: list[str] = CLASSES) -> Path:
     """A DEC-retrofitted tiny ViT (32x32 inputs, 4x4 patch tokens) saved with class names."""
-    from dec_cli.checkpoint import create_backbone, save_model
+    from dec_cli.backbone import create_backbone
+    from dec_cli.checkpoint import save_model
     from dec_cli.retrofit import retrofit
 
     torch.manual_seed(0)
@@ -203,7 +204,8 @@ def test_dec_warmup_and_freeze_backbone_train_only_the_dec(run_dec, shapes, dec_
 
 
 def test_frozen_backbone_keeps_its_batch_norm_statistics(run_dec, shapes, tmp_path):
-    from dec_cli.checkpoint import create_backbone, save_model
+    from dec_cli.backbone import create_backbone
+    from dec_cli.checkpoint import save_model
     from dec_cli.retrofit import retrofit
 
     torch.manual_seed(0)
