@@ -54,7 +54,7 @@ def test_digits_table_runs_on_a_tiny_wide_benchmark(tmp_path):
     config = json.loads((out / "digits-wide" / "digits.json").read_text())["config"]
     assert config["train_scale_range"] == [0.8, 1.25] and config["scale_range"] == [0.4, 2.0]
     table = (out / "wide-table.md").read_text()
-    assert "| DEC (+ warp augmentation) | 0 |" in table and "| test-time scale search" in table
+    assert "| DEC + canonicalization loss + invariance loss (+ warp augmentation) | 0 |" in table and "| test-time scale search" in table
     # A second run reuses the finished runs and reports.
     best = out / "wide-warp-aug-s0" / "best.safetensors"
     stamp = best.stat().st_mtime_ns
