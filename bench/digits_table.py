@@ -6,7 +6,10 @@ plain fine-tuning (`plain`), warp augmentation (`warp-aug`, `--aug-prob`),
 invariance-loss fine-tuning (`inv-loss`, `--eq-weight`), DEC (`dec`: `dec
 retrofit`, then fine-tuning with warp augmentation), test-time scale search on
 the warp-augmentation model (`tta`, `dec evaluate --tta-scales`), and
-ablations under their own names (`dec-eq`). Every run uses the project's own
+ablations under their own names (`dec-base`, `dec-it8`, `dec-anderson`,
+`dec-canon`, `dec-canon-*`, `dec-input*`, `dec-two`, `dec-eq`). `--select`
+evaluates on the validation split only, to choose a recipe without touching
+the test split; `dec` is the recipe chosen that way. Every run uses the project's own
 commands; each trained model is evaluated with `dec evaluate` on the test
 split under random warps and on its zoom sweep. The benchmark tree is built
 from `--source` (any MNIST-style .npz) under `--protocol` `default` or `wide`
