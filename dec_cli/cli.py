@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import warnings
 from typing import Any, Callable, Iterable, Optional
 
 import typer
@@ -471,8 +472,18 @@ def _interrupted() -> None:
     sys.exit(130)
 
 
+def _quiet_dependency_notices() -> None:
+    """Hide deprecation notices meant for library developers (timm 1.0.21 on a new torch warns about
+    `torch.jit.interface` at import), so stderr keeps one line per error; `python -W` or
+    PYTHONWARNINGS still decide when given."""
+    if not sys.warnoptions:
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry: run the app, turning user errors into one line and an exit code."""
+    _quiet_dependency_notices()
     try:
         # Typer turns a KeyboardInterrupt inside a command into a returned 130 (standalone_mode=False).
         code = app(args=argv, prog_name="dec", standalone_mode=False)

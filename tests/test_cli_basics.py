@@ -23,3 +23,24 @@ def test_python_dash_m_entry_point():
 def test_unknown_command_is_usage_error(run_dec):
     result = run_dec("no-such-command")
     assert result.code == 2
+
+
+_NOISY_COMMAND = """
+import warnings
+from dec_cli import cli
+@cli.app.command("noisy")
+def noisy() -> None:
+    warnings.warn("old API", FutureWarning)
+    warnings.warn("older API", DeprecationWarning)
+cli.main(["noisy"])
+"""
+
+
+def test_dependency_deprecation_notices_stay_off_stderr_unless_asked_for():
+    """A dependency's deprecation notice (timm 1.0.21 emits one at import on a new torch) must not
+    break the one-line stderr contract; `python -W default` still shows it."""
+    quiet = subprocess.run([sys.executable, "-c", _NOISY_COMMAND], capture_output=True, text=True, timeout=60)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    loud = subprocess.run([sys.executable, "-W", "default", "-c", _NOISY_COMMAND], capture_output=True,
+                          text=True, timeout=60)
+    assert loud.returncode == 0 and "FutureWarning: old API" in loud.stderr, loud.stderr
