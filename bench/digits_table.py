@@ -127,14 +127,6 @@ PROTOCOLS = {
 TTA_SCALES = {"default": "0.63,0.8,1,1.25,1.6", "wide": "0.5,0.63,0.8,1,1.25,1.6,2"}
 #: Random-warp scale range of the validation split in --select mode: the test range's spirit, other digits.
 SELECT_SCALE_RANGE = {"default": "0.6,1.6", "wide": "0.5,2"}
-#: Columns of the --select table (validation split only).
-SELECT_COLUMNS = [
-    ("top-1", "val", "top1", True, True),
-    ("warped top-1", "val", "warped_top1", True, True),
-    ("inv. error", "val", "inv_error", False, False),
-    ("consistency", "val", "consistency", True, True),
-    ("canon. error", "val", "canon_error", False, False),
-]
 #: Columns: (label, file, metric key, percent?, higher is better?)
 COLUMNS = [
     ("top-1", "test", "top1", True, True),
@@ -145,6 +137,9 @@ COLUMNS = [
     ("zoom consistency (min)", "zoom", "zoom_consistency_min", True, True),
     ("canon. error", "test", "canon_error", False, False),
 ]
+#: Columns of the --select table: the test-split columns, read from the validation split.
+SELECT_COLUMNS = [(label, "val", key, percent, higher)
+                  for label, file, key, percent, higher in COLUMNS if file == "test"]
 
 
 def run(cmd: list[str], log: Path) -> None:
