@@ -8,8 +8,10 @@
 #     pretrained weights offline), trained with warp augmentation (--aug-prob);
 # (2) the same backbone retrofitted with DEC (recipe `resnet`: one DEC before
 #     layer2, 8 intervals and 2 control rows so each digit can be rescaled on
-#     its own; 5 solver iterations), trained with the same settings plus the
-#     invariance loss (--eq-weight 0.3).
+#     its own; 3 solver iterations), trained with the same settings plus the
+#     recipe chosen on the `wide` protocol's validation split: the
+#     canonicalization loss (--canon-weight 1) and the invariance loss
+#     (--eq-weight 1).
 # Both on the digits benchmark with the demo's settings (DEMO_CONFIG in
 # dec_cli/demo.py: `dec digits` defaults, seed 0), 64x64 inputs, fixed seeds.
 # Set EPOCHS, THREADS, OUT to change the run; anything else is fixed here.
@@ -39,8 +41,9 @@ fi
 if has dec; then
   rm -rf "$OUT/dec"
   python -m dec_cli retrofit test_resnet --no-pretrained --num-classes 20 --img-size 64 --grid 8 --rows 2 \
-    --iters 5 --seed 0 -o "$OUT/dec-init.safetensors" --force --quiet
-  python -m dec_cli finetune "$OUT/dec-init.safetensors" "$OUT/digits" -o "$OUT/dec" "${COMMON[@]}" --eq-weight 0.3
+    --iters 3 --seed 0 -o "$OUT/dec-init.safetensors" --force --quiet
+  python -m dec_cli finetune "$OUT/dec-init.safetensors" "$OUT/digits" -o "$OUT/dec" "${COMMON[@]}" \
+    --canon-weight 1.0 --eq-weight 1.0
 fi
 if has install; then
   cp "$OUT/baseline/best.safetensors" dec_cli/data/digits-baseline.safetensors
