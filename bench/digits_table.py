@@ -14,8 +14,9 @@ commands; each trained model is evaluated with `dec evaluate` on the test
 split under random warps and on its zoom sweep. The benchmark tree is built
 from `--source` (any MNIST-style .npz) under `--protocol` `default` or `wide`
 (train at 0.8-1.25, test at 0.4-2). The Markdown table (mean and spread over
-seeds) goes to OUT/table.md and, with --readme, into the README between the
-`digits-table` markers; `--json` writes every `dec evaluate` report.
+seeds) goes to OUT/table.md and, with --readme FILE, into FILE between its
+markers (the `wide` tables live in README.md, the default-protocol and
+selection tables in docs/benchmarks.md); `--json` writes every `dec evaluate` report.
 
     python bench/digits_table.py                       # 3 seeds, 6 epochs (long: about 15 runs)
     python bench/digits_table.py --protocol wide --methods warp-aug,dec,tta --json wide.json
@@ -60,7 +61,7 @@ METHODS = {
     "plain": Method("plain fine-tuning"),
     "warp-aug": Method("warp augmentation", _AUG),
     "inv-loss": Method("invariance loss", ("--eq-weight", "1.0")),
-    # The DEC recipe chosen on the validation split (`--select`; README): the `dec-canon-inv` settings.
+    # The DEC recipe chosen on the validation split (`--select`; docs/benchmarks.md): the `dec-canon-inv` settings.
     "dec": Method("DEC + canonicalization loss + invariance loss (+ warp augmentation)",
                   (*_AUG, *_CANON, "--eq-weight", "1.0"), ("--iters", "3")),
     "tta": Method("test-time scale search (warp augmentation model)", model_of="warp-aug", tta=True),
