@@ -4,7 +4,8 @@ A box is ``(x0, y0, x1, y1)`` in pixels of the image as decoded (EXIF orientatio
 applied), edges not centres: a mask gives the bounding box of its non-zero pixels,
 a boxes file gives one box per relative image path (a JSON object of
 ``[x0, y0, x1, y1]``, or a COCO annotation file whose largest box per image is
-taken). `object_disc` turns a box into the zoom disc that covers it. Nothing here
+taken, or a folder of Pascal VOC XML files, `dec_cli.vocboxes`). `object_disc` turns a box
+into the zoom disc that covers it, shrunk near a border so the zoom keeps it in place. Nothing here
 prints; a malformed boxes file raises `UsageError`, a box that cannot centre its
 image raises `ObjectError` (the caller lists that image as bad).
 """
@@ -22,6 +23,7 @@ from PIL import Image
 
 from dec_cli.errors import UsageError
 from dec_cli.images import page_to_tensor
+from dec_cli.zoomaxis import fit_radius
 
 OBJECT = "object"
 # The widest disc we choose: its diameter magnified by the largest factor covers at most this
@@ -119,12 +121,15 @@ def default_radius(box: Box, size: Sequence[int], max_zoom: float) -> float:
     return min(max(half_diagonal, MIN_RADIUS), 0.5, MAX_ZOOMED_DIAMETER / (2 * max_zoom))
 
 
-def object_disc(box: Box, size: Sequence[int], max_zoom: float,
+def object_disc(box: Box, size: Sequence[int], zooms: Sequence[float],
                 radius: float | None = None) -> tuple[tuple[float, float], float]:
     """The zoom centre (normalised x, y) and radius for an object's box in an image of ``size`` (W, H).
 
-    ``radius`` None covers the box (`default_radius`). Raises `ObjectError` for a degenerate box or one
-    that is not inside the image.
+    ``radius`` None covers the box (`default_radius`). Either way the radius is then clamped
+    (`dec_cli.zoomaxis.fit_radius`) so that every factor of ``zooms`` can keep the centre in place:
+    an object near a border gets a smaller disc, never a moving one. Raises `ObjectError` for a
+    degenerate box, one that is not inside the image, or one so close to a border that the disc
+    would be narrower than `MIN_RADIUS`.
     """
     w, h = size
     x0, y0, x1, y1 = box
@@ -134,4 +139,9 @@ def object_disc(box: Box, size: Sequence[int], max_zoom: float,
     if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
         raise ObjectError(f"its box {shown} is not inside the {w}x{h} image")
     centre = ((x0 + x1) / 2 / w, (y0 + y1) / 2 / h)
-    return centre, default_radius(box, size, max_zoom) if radius is None else radius
+    wanted = default_radius(box, size, max(zooms)) if radius is None else radius
+    fitted = fit_radius(zooms, centre, wanted, (h, w))
+    if fitted < MIN_RADIUS:
+        raise ObjectError(f"its box {shown} lies too close to the border to zoom by "
+                          f"{','.join(format(z, 'g') for z in zooms)} in place")
+    return centre, fitted

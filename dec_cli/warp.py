@@ -26,6 +26,7 @@ from torch import Tensor
 
 from dec_cli.maps1d import DEFAULT_INVERSE_ITERS, EPS, interp, uniform_partition
 from dec_cli.warpgrid import sampling_grid
+from dec_cli.warpinverse import points_inverse
 
 
 # --------------------------------------------------------------------------- parameters
@@ -149,14 +150,6 @@ class Warp:
         xp = xs.unsqueeze(1).expand_as(values)
         return interp(u.unsqueeze(-1), xp, values).squeeze(-1)
 
-    def _axis_inverse(self, xs: Tensor, ys: Tensor, p: Tensor, v: Tensor) -> Tensor:
-        """Solve ``map(u, v) = p`` for ``u`` with ``v`` fixed (exact: searchsorted)."""
-        if ys.shape[1] == 1:
-            return interp(p, ys[:, 0], xs)
-        values = _blend(ys, v)
-        xp = xs.unsqueeze(1).expand_as(values)
-        return interp(p.unsqueeze(-1), values, xp).squeeze(-1)
-
     def forward_points(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """``l(x, y)`` at normalized points ``x, y`` of shape (B, M)."""
         x, y = self._broadcast(x), self._broadcast(y)
@@ -165,18 +158,16 @@ class Warp:
     def inverse_points(self, px: Tensor, py: Tensor, iters: int = DEFAULT_INVERSE_ITERS) -> tuple[Tensor, Tensor]:
         """``l^{-1}(px, py)`` at normalized points (B, M).
 
-        Separable warps invert exactly per axis. Otherwise alternate exact 1-D
-        inversions (x given y, then y given x) a fixed number of times, so the
-        computation never synchronizes with the host.
+        Separable warps invert exactly per axis. Otherwise (`dec_cli.warpinverse`)
+        start from one sweep of exact 1-D inversions, refine with bounded Newton
+        steps, and re-solve any point still off by more than
+        `dec_cli.warpinverse.TOLERANCE` with ``iters`` sweeps of alternating
+        exact 1-D inversions (x given y, then y given x), the former method.
         """
         px, py = self._broadcast(px), self._broadcast(py)
         if self.separable:
             return interp(px, self.ys_x[:, 0], self.xs_x), interp(py, self.ys_y[:, 0], self.xs_y)
-        x, y = px, py
-        for _ in range(iters):
-            x = self._axis_inverse(self.xs_x, self.ys_x, px, y)
-            y = self._axis_inverse(self.xs_y, self.ys_y, py, x)
-        return x, y
+        return points_inverse(self, px, py, iters)
 
     def _broadcast(self, t: Tensor) -> Tensor:
         if t.dim() == 1:

@@ -4,12 +4,16 @@
 ``l^{-1}(p)``) or of ``S^{-1}`` (read at ``l(p)``). Separable warps take two 1-D
 interpolations written once into the grid; one separable warp on the CPU outside
 autograd (what `dec warp` does per file) takes a numpy path, where torch's
-per-operation overhead would cost more than the arithmetic.
+per-operation overhead would cost more than the arithmetic. Non-separable grids
+of ``S`` come from `dec_cli.warpinverse`; one such warp on the CPU outside
+autograd is cached by its knots (a fixed-centre zoom sweep reuses each grid for
+every image of a size, and for its mask).
 """
 
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,6 +21,7 @@ import torch
 from torch import Tensor
 
 from dec_cli.maps1d import DEFAULT_INVERSE_ITERS, EPS, interp, pixel_centres
+from dec_cli.warpinverse import grid_inverse
 
 if TYPE_CHECKING:  # for annotations only: dec_cli.warp imports this module to apply warps
     from dec_cli.warp import Warp
@@ -64,14 +69,41 @@ def sampling_grid(warp: Warp, height: int, width: int, *, inverse: bool = False,
             return torch.view_as_real(torch.complex(gx, gy))
         return torch.stack([gx, gy], dim=-1)
     cx, cy = pixel_centres(width, device=dev, dtype=dt), pixel_centres(height, device=dev, dtype=dt)
-    px = cx.expand(height, width).reshape(1, -1)
-    py = cy[:, None].expand(height, width).reshape(1, -1)
     if inverse:
+        px = cx.expand(height, width).reshape(1, -1)
+        py = cy[:, None].expand(height, width).reshape(1, -1)
         gx, gy = warp.forward_points(px, py)
+    elif _eager_cpu_no_grad(warp) and b == 1:
+        return _cached_inverse_grid(warp, height, width, iters)
     else:
-        gx, gy = warp.inverse_points(px, py, iters=iters)
+        gx, gy = grid_inverse(warp, cx.expand(b, width), cy.expand(b, height), iters)
     grid = torch.stack([gx, gy], dim=-1).view(b, height, width, 2)
     return grid.mul_(2.0).sub_(1.0) if not grid.requires_grad else grid * 2.0 - 1.0
+
+
+# Inverse grids of single non-separable warps, keyed by their knots: a zoom sweep with a fixed centre
+# applies the same few warps to every image of a size (and to its mask). Entries are never written to.
+_GRID_CACHE: "OrderedDict[tuple, Tensor]" = OrderedDict()
+GRID_CACHE_BYTES = 64 << 20
+
+
+def _cached_inverse_grid(warp: Warp, height: int, width: int, iters: int) -> Tensor:
+    """`sampling_grid` of ``S`` for one eager CPU warp, from a small least-recently-used cache."""
+    parts = (warp.xs_x, warp.ys_x, warp.xs_y, warp.ys_y)
+    key = (height, width, iters, str(warp.ys_x.dtype), tuple(t.shape for t in parts),
+           b"".join(t.contiguous().numpy().tobytes() for t in parts))
+    grid = _GRID_CACHE.get(key)
+    if grid is not None:
+        _GRID_CACHE.move_to_end(key)
+        return grid
+    cx = pixel_centres(width, dtype=warp.ys_x.dtype)[None]
+    cy = pixel_centres(height, dtype=warp.ys_x.dtype)[None]
+    gx, gy = grid_inverse(warp, cx, cy, iters)
+    grid = torch.stack([gx, gy], dim=-1).view(1, height, width, 2).mul_(2.0).sub_(1.0)
+    _GRID_CACHE[key] = grid
+    while sum(g.numel() * g.element_size() for g in _GRID_CACHE.values()) > GRID_CACHE_BYTES and len(_GRID_CACHE) > 1:
+        _GRID_CACHE.popitem(last=False)
+    return grid
 
 
 def _eager_cpu_no_grad(warp: Warp) -> bool:

@@ -24,6 +24,7 @@ from dec_cli.treeformat import IMAGE_EXTENSIONS, MASKS_DIR, is_image_path, mask_
 from dec_cli.treescan import TreeScan, walk_tree
 from dec_cli.warp import Warp
 from dec_cli.zoom import zoom_warp
+from dec_cli.zoomaxis import fit_radius
 
 ZOOM_GRID, ZOOM_ROWS = 64, 17
 MIN_RADIUS = 0.02  # a smaller zoom disc covers no pixel of most images
@@ -72,16 +73,15 @@ class WarpSettings:
             cx, cy = (0.5, 0.5) if self.center in (None, OBJECT) else self.center
             if not (0 <= cx <= 1 and 0 <= cy <= 1):
                 raise UsageError(f"--center must lie in [0, 1]^2; got {cx},{cy}", "for example --center 0.5,0.4")
-            if 2 * self.radius * max(self.zooms) >= 1:
-                raise UsageError(f"zoom {max(self.zooms)} with radius {self.radius} leaves no room outside the disc",
-                                 "use a smaller --radius or factor")
-            # Outside the disc the warp compensates; `dec unwarp` accepts factors within SCALE_LIMITS only.
-            lo, hi = SCALE_LIMITS
-            for z in self.zooms:
-                outside = (1 - 2 * self.radius * z) / (1 - 2 * self.radius) if self.radius < 0.5 else math.inf
-                if not (lo <= z <= hi and lo <= outside <= hi):
-                    raise UsageError(f"zoom {z:g} with radius {self.radius:g} makes local scale factors outside "
-                                     f"[{lo:g}, {hi:g}]", "use a smaller --radius or a milder factor")
+            fitted = fit_radius(self.zooms, (cx, cy), self.radius, (1, 1))
+            if fitted < self.radius * (1 - 1e-6):
+                # Outside the disc the warp compensates on each side; `dec unwarp` accepts factors
+                # within SCALE_LIMITS only. A square image is the tightest case (the short axis).
+                lo, hi = SCALE_LIMITS
+                raise UsageError(f"zoom {','.join(format(z, 'g') for z in self.zooms)} with radius {self.radius:g} about "
+                                 f"{cx:g},{cy:g} makes local scale factors outside [{lo:g}, {hi:g}] beside the disc",
+                                 f"use --radius {math.floor(fitted * 1000) / 1000:g} or less, a milder factor, "
+                                 "or a centre further from the border")
 
 
 def _check_distinct_zooms(zooms: Sequence[float]) -> None:

@@ -59,7 +59,7 @@ def _object_settings(ctx: JobContext, rel: str, size: tuple[int, int], mask_pic:
         raise ObjectError("it has no readable mask in --masks")
     else:
         box = mask_box(mask_pic.pages[0], size)
-    center, radius = object_disc(box, size, max(ctx.settings.zooms), ctx.settings.radius)
+    center, radius = object_disc(box, size, ctx.settings.zooms, ctx.settings.radius)
     return replace(ctx.settings, center=center, radius=radius)
 
 

@@ -1,7 +1,8 @@
 """Local zooms: magnify or shrink a disc of an image in place (`dec warp --zoom`, the zoom sweeps).
 
 The zoom is a non-separable monotone warp (`dec_cli.warp`) whose local scale
-factor is exactly the zoom factor at the disc's centre and which never folds.
+factor is exactly the zoom factor over the disc, which keeps the disc's centre
+in place wherever it lies (`dec_cli.zoomaxis`) and which never folds.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import Tensor
 
 from dec_cli.maps1d import interp, uniform_partition
 from dec_cli.warp import Warp, grid_jacobian
+from dec_cli.zoomaxis import zoom_1d
 
 
 def zoom_warp(factor: float, *, center: Sequence[float] = (0.5, 0.5), radius: float = 0.25,
@@ -24,13 +26,18 @@ def zoom_warp(factor: float, *, center: Sequence[float] = (0.5, 0.5), radius: fl
 
     ``center`` is (x, y) in normalized coordinates, ``radius`` a fraction of the
     short side of an image of ``size`` (H, W). Each axis is a 1-D zoom ``z1(x)``
-    (slope ``factor`` over ``[c - r, c + r]``, a constant compensating slope
-    elsewhere) blended with the identity by a smooth weight of the across
-    coordinate: ``l_X(x, y) = x + w(y) (z1(x) - x)``. ``w`` is 1 across the disc
-    and falls off with a raised cosine whose width is the smallest (of a
+    (slope ``factor`` over ``[c - r, c + r]``, a compensating slope on each
+    side chosen so that ``z1(c) = c``: `dec_cli.zoomaxis`) blended with the
+    identity by a smooth weight of the across coordinate:
+    ``l_X(x, y) = x + w(y) (z1(x) - x)``. ``w`` is 1 across the disc (its
+    control rows one row beyond, so the linear blend between rows is 1 there
+    too) and falls off with a raised cosine whose width is the smallest (of a
     geometric ladder) that keeps the Jacobian determinant comfortably positive,
     so the zoom stays local for mild factors and never folds for strong ones.
-    At the centre the local scale factor is exactly ``factor`` on both axes.
+    Over the square ``|x - cx| <= r, |y - cy| <= r`` the warp is exactly a
+    scaling by ``factor`` about the centre. A radius whose side slopes would
+    leave `SCALE_LIMITS` raises `ValueError` (`dec_cli.zoomaxis.fit_radius`
+    gives the largest that fits).
     """
     if not (math.isfinite(factor) and factor > 0):
         raise ValueError(f"zoom factor must be positive; got {factor}")
@@ -55,10 +62,11 @@ _ZOOM_RAMPS = tuple(0.25 * 1.3 ** i for i in range(20))  # falloff widths, in di
 def _zoom_knots(factor: float, cx: float, cy: float, rad_x: float, rad_y: float,
                 grid: int, rows: int) -> tuple[Tensor, Tensor]:
     """Knots (1, rows, grid + 1) of both axes; cached (a sweep reuses them per image size)."""
-    zx, sx = _zoom_1d(factor, cx, rad_x, grid)
-    zy, sy = _zoom_1d(factor, cy, rad_y, grid)
+    zx, sx = zoom_1d(factor, cx, rad_x, grid)
+    zy, sy = zoom_1d(factor, cy, rad_y, grid)
     ident = uniform_partition(grid, dtype=torch.float64)
     across = uniform_partition(rows - 1, dtype=torch.float64)
+    pad = 1.0 / (rows - 1)  # one control row beyond the disc: the blend between rows stays 1 over it
     # Smallest falloff keeping det >= half of what a separable zoom reaches at its worst.
     target = 0.5 * min(1.0, factor, sx) * min(1.0, factor, sy)
     # The warp is t + W(across) * D(along) per axis, so its Jacobian on a dense
@@ -67,8 +75,8 @@ def _zoom_knots(factor: float, cx: float, cy: float, rad_x: float, rad_y: float,
     dx = interp(t, ident, zx) - t
     dy = interp(t, ident, zy) - t
     for ramp in _ZOOM_RAMPS:
-        wy = _falloff(across, cy, rad_y, ramp * rad_y)
-        wx = _falloff(across, cx, rad_x, ramp * rad_x)
+        wy = _falloff(across, cy, rad_y + pad, ramp * rad_y)
+        wx = _falloff(across, cx, rad_x + pad, ramp * rad_x)
         lx = t[None, :] + interp(t, across, wy)[:, None] * dx[None, :]  # [y, x]
         ly = t[:, None] + interp(t, across, wx)[None, :] * dy[:, None]
         if float(grid_jacobian(lx[None], ly[None], 1.0 / 128).min()) >= target:
@@ -77,23 +85,6 @@ def _zoom_knots(factor: float, cx: float, cy: float, rad_x: float, rad_y: float,
     ky = (ident + wx[:, None] * (zy - ident)).unsqueeze(0)
     kx[..., 0], kx[..., -1], ky[..., 0], ky[..., -1] = 0.0, 1.0, 0.0, 1.0
     return kx, ky
-
-
-def _zoom_1d(factor: float, c: float, rad: float, grid: int) -> tuple[Tensor, Tensor]:
-    """Knots (grid + 1) of the 1-D zoom about ``c`` and its compensating slope outside."""
-    lo, hi = max(c - rad, 0.0), min(c + rad, 1.0)
-    inside = hi - lo
-    if inside * factor >= 1 or inside >= 1:
-        raise ValueError(f"zoom factor {factor} with radius {rad:.3f} leaves no room outside the disc")
-    outside = (1 - inside * factor) / (1 - inside)
-    a = torch.arange(grid, dtype=torch.float64) / grid
-    b = a + 1.0 / grid
-    overlap = (torch.minimum(b, torch.tensor(hi, dtype=torch.float64))
-               - torch.maximum(a, torch.tensor(lo, dtype=torch.float64))).clamp_min(0.0)
-    inc = overlap * factor + (1.0 / grid - overlap) * outside
-    knots = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(inc, dim=0)])
-    knots[-1] = 1.0
-    return knots, outside
 
 
 def _falloff(t: Tensor, c: float, flat: float, ramp: float) -> Tensor:

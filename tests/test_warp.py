@@ -18,6 +18,7 @@ from dec_cli.scalerange import DEFAULT_SCALE_RANGE, ScaleRange, ScaleRangeError
 from dec_cli.warp import Warp, apply_warp, compose, jacobian_determinant
 from dec_cli.warpgrid import sampling_grid
 from dec_cli.zoom import zoom_warp
+from dec_cli.zoomaxis import fit_radius
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
 seeds = st.integers(0, 2 ** 31 - 1)
@@ -221,9 +222,13 @@ def test_zoom_is_fold_free_and_magnifies_by_z_at_the_centre(z):
 
 @pytest.mark.parametrize("size,center", [((120, 200), (0.3, 0.4)), ((300, 160), (0.7, 0.25))])
 def test_zoom_off_centre_and_non_square_is_fold_free(size, center):
+    radius = fit_radius((0.5, 1.8), center, 0.25, size)  # near a border the disc shrinks to stay in place
+    assert 0.1 < radius < 0.25
     for z in (0.5, 1.8):
-        w = zoom_warp(z, radius=0.25, size=size, center=center)
+        w = zoom_warp(z, radius=radius, size=size, center=center)
         assert jacobian_determinant(w.to(torch.float64), n=257).min() > 0
+    with pytest.raises(ValueError, match="no room"):
+        zoom_warp(1.8, radius=0.25, size=size, center=center)
 
 
 def test_zoom_of_one_is_the_identity_and_bad_factors_are_refused():
