@@ -101,6 +101,7 @@ def test_two_masks_for_one_image_are_refused(run_dec, tmp_path):
     (["--zoom", "0.01,1"], "--zoom factors must lie in [0.05, 20]"),
     (["--zoom", "1,1e300"], "--zoom factors must lie in [0.05, 20]"),
     (["--zoom", "1.1", "--radius", "1e-9"], "--radius must lie in [0.02, 0.5]"),
+    (["--zoom", "1.8", "--radius", "0.25", "--center", "0.1,0.5"], "beside the disc (hint: use --radius 0.05"),
 ])
 def test_absurd_warp_settings_are_refused_before_any_work(run_dec, small, tmp_path, args, needle):
     dst = tmp_path / "dst"
