@@ -150,6 +150,15 @@ def evaluate_cmd(
     grid: int = typer.Option(8, "--grid", help="Warp intervals per axis."),
     rows: int = typer.Option(1, "--rows", help="Warp control rows (1: separable; more: more local)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random warps (per image, by relative path)."),
+    zoom: Optional[str] = typer.Option(None, "--zoom", metavar="Z1,Z2,...", help="Sweep these zoom factors on the "
+                                       "fly, as 'dec warp --zoom' would (no files; reported per zoom factor)."),
+    center: Optional[str] = typer.Option(None, "--center", metavar="X,Y|object",
+                                         help="--zoom centre in [0,1] coordinates, or 'object' (--boxes or --masks)."),
+    radius: Optional[float] = typer.Option(None, "--radius", metavar="R", help="--zoom disc radius, a fraction of "
+                                           "the short side (default 0.25; with --center object, the box's)."),
+    boxes: Optional[str] = typer.Option(None, "--boxes", metavar="FILE|DIR",
+                                        help="Object boxes: JSON, COCO, or a folder of Pascal VOC .xml."),
+    masks: Optional[str] = typer.Option(None, "--masks", metavar="DIR", help="Object masks named like the images."),
     json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write the JSON report."),
     markdown: Optional[str] = typer.Option(None, "--markdown", metavar="PATH", help="Write a Markdown report."),
     plot: Optional[str] = typer.Option(None, "--plot", metavar="PATH.png",
@@ -170,9 +179,13 @@ def evaluate_cmd(
     """Accuracy and local-scale consistency of one or more models, side by side.
 
     Example: dec evaluate model.safetensors resnet18 --weights r18.pth --data val-zoom --fail-if "top1<0.7"
+
+    Zoom sweep on the fly: dec evaluate resnet18 --data val --zoom 0.8,1,1.25 --center object --boxes val-xml/
     """
     from dec_cli.cli_render import console_for, named_tasks, progress_bar, render_evaluation
     from dec_cli.evaluate import EvalSettings
+    from dec_cli.evalzoom import ZoomOptions
+    from dec_cli.objects import OBJECT
     from dec_cli.evaluate_job import Reports, plan_evaluation, run_evaluation
     from dec_cli.metrics import parse_fail_if
     from dec_cli.report import failure_message
@@ -181,9 +194,16 @@ def evaluate_cmd(
     thresholds = [parse_fail_if(expr) for expr in (fail_if or [])]
     tta = parse_tta_scales(tta_scales) if tta_scales is not None else ()
     lo_hi = _scale_range(scale_range)
+    zooms = _floats(zoom, "--zoom", "0.8,1,1.25")
+    if zooms is None and any(v is not None for v in (center, radius, boxes, masks)):
+        raise UsageError("--center, --radius, --boxes and --masks apply to --zoom sweeps only", "add --zoom Z1,Z2,...")
+    centre = OBJECT if center == OBJECT else _floats(center, "--center", "0.5,0.5", count=2)
+    sweep = ZoomOptions(zooms, centre, radius, boxes, masks) if zooms is not None else None
+    if sweep is not None:
+        sweep.settings()  # bad factors, radius or centre: a usage error before any model loads
     settings = EvalSettings(warps=warps, scale_range=lo_hi, grid=grid, rows=rows, seed=seed, img_size=img_size,
                             limit=limit, batch_size=batch_size, workers=workers, device=device, amp=amp,
-                            compile=compile_, class_map=class_map, no_labels=no_labels, tta_scales=tta)
+                            compile=compile_, class_map=class_map, no_labels=no_labels, tta_scales=tta, zoom=sweep)
     job = plan_evaluation(models or [], data, settings, weights=weights or [], pretrained=pretrained,
                           thresholds=thresholds, reports=Reports(json_dest, markdown, plot))
     console = console_for(json_dest, quiet)
@@ -387,7 +407,7 @@ def warp_cmd(
     masks: Optional[str] = typer.Option(None, "--masks", metavar="DIR",
                                         help="Masks named like the images; warped with nearest sampling into DST/masks/."),
     boxes: Optional[str] = typer.Option(None, "--boxes", metavar="FILE",
-                                        help="Object boxes for --center object: JSON {path: [x0,y0,x1,y1]} or COCO."),
+                                        help="Object boxes for --center object: JSON {path: [x0,y0,x1,y1]}, COCO, or a folder of Pascal VOC .xml."),
     workers: int = typer.Option(1, "--workers", "-j", help="Worker processes (outputs are identical for any number)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     resume: bool = typer.Option(False, "--resume", help="Finish an interrupted job, keeping the outputs in place."),

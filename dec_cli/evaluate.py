@@ -1,7 +1,7 @@
 """The evaluation loop: models x image folder -> a :class:`Report`.
 
 Each image is classified clean and under K random monotone warps applied on
-the fly to the preprocessed batch. The warps of an image depend only on
+the fly to the preprocessed batch (``--zoom``: under a zoom sweep instead, `dec_cli.evalzoom`). The warps of an image depend only on
 ``--seed`` and its relative path (never on batch size, worker count, world
 size or ``--limit``), and every model sees the same warps. Under torchrun
 each rank evaluates an unpadded shard; per-image records are gathered and
@@ -11,7 +11,7 @@ aggregated in image order, so the report equals the single-process one.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -24,6 +24,8 @@ from dec_cli.checkpoint import load_model
 from dec_cli.data import (ImageDataset, ImageFolderData, class_to_output, collate_skip, data_config, eval_transform,
                           scan_image_folder)
 from dec_cli.diagnostics import Probe, capture, dec_blocks, summarize_dec
+from dec_cli.evalresiduals import residual_records, residuals
+from dec_cli.evalzoom import ZoomOptions, ZoomSweep, plan_sweep
 from dec_cli.errors import UsageError
 from dec_cli.memory import EVAL_ACTIVATIONS, check_batch_fits
 from dec_cli.metrics import (LABEL_METRICS, Threshold, batch_records, concat_records, sort_records, summarize,
@@ -60,6 +62,7 @@ class EvalSettings:
     class_map: Optional[str] = None
     no_labels: bool = False  # compare with the model's own clean predictions even on a labelled tree
     tta_scales: tuple[float, ...] = ()  # non-empty: also report NAME+tta (dec_cli.tta.ScaleSearch)
+    zoom: Optional[ZoomOptions] = None  # a zoom sweep applied on the fly (dec_cli.evalzoom)
 
     def __post_init__(self) -> None:
         # A plain (lo, hi) pair from Python goes through ScaleRange's one check (ValueError if out of bounds).
@@ -197,6 +200,7 @@ class _Run:
     dist: D.DistInfo
     warps: int  # random warps per image
     progress: Optional[ProgressFn]
+    sweep: Optional[ZoomSweep] = None  # --zoom: the sweep applied on the fly to every batch
     warp_cache: dict[str, Warp] = field(default_factory=dict)
     unreadable: dict[int, str] = field(default_factory=dict)  # sample index -> reason, over all models
 
@@ -222,6 +226,7 @@ class _Pass:
     transform: Callable
     progress: Callable[[int, int], Any]
     blocks: Sequence[torch.nn.Module] = ()  # DEC blocks whose canonicalization diagnostics are recorded
+    cfg: Optional[dict[str, Any]] = None  # the model's data config (where an on-the-fly zoom finds the crop)
 
 
 def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optional[EvalSettings] = None, *,
@@ -233,13 +238,14 @@ def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optiona
         raise UsageError("no MODEL given", "pass a DEC checkpoint or a timm model name")
     dist_info = D.init_distributed(settings.device)
     data = scan_image_folder(data_dir, labels=False if settings.no_labels else None).limit(settings.limit)
+    data, sweep = plan_sweep(data, settings.zoom) if settings.zoom is not None else (data, None)
     if not data.samples:  # every entry the scan found is bad
         first = data.unreadable[0]
         raise UsageError(f"none of the {len(data.unreadable)} entries in {data_dir} could be read "
                          f"(first: {first['path']}: {first['reason']})", "check the files and folder permissions")
     k = resolve_warps(settings, data)
     check_thresholds_available(thresholds, warps=k, zoom_sweep=data.zoom_sweep, labels=data.labels)
-    run = _Run(settings, data, data_dir, dist_info, k, progress)
+    run = _Run(settings, data, data_dir, dist_info, k, progress, sweep)
     results: list[ModelResult] = []
     for spec, name in zip(specs, display_names(specs)):
         results.extend(_evaluate_model(run, spec, name))
@@ -267,7 +273,7 @@ def _evaluate_model(run: _Run, spec: ModelSpec, name: str) -> list[ModelResult]:
     runner = torch.compile(model, mode="reduce-overhead" if run.dist.device.type == "cuda" else "default") \
         if settings.compile else model
     records, errors, timing = _run_model(run, _Pass(runner, decs, mapping, transform, run.reporter(name),
-                                                     [b for _, b in blocks]))
+                                                     [b for _, b in blocks], cfg))
     _note_unreadable(run, errors)
     summary = run.summarize(records)
     canon_error, modules = summarize_dec(sort_records(records), [p for p, _ in blocks]) if blocks else (None, [])
@@ -282,7 +288,7 @@ def _evaluate_model(run: _Run, spec: ModelSpec, name: str) -> list[ModelResult]:
         return [result]
     tta_name = f"{name}+tta"
     records, _, timing = _run_model(run, _Pass(ScaleSearch(runner, settings.tta_scales), [], mapping, transform,
-                                               run.reporter(tta_name)))
+                                               run.reporter(tta_name), cfg=cfg))
     summary = run.summarize(records)
     return [result, replace(result, name=tta_name, metrics={**summary["metrics"], "canon_error": None},
                             per_zoom=summary["per_zoom"], per_strength=summary["per_strength"], timing=timing,
@@ -316,6 +322,7 @@ def _report(run: _Run, results: list[ModelResult]) -> Report:
             "warps": run.warps, "scale_range": list(settings.scale_range), "grid": settings.grid,
             "rows": settings.rows, "seed": settings.seed, "img_size": settings.img_size, "limit": settings.limit,
             "amp": settings.amp, "tta_scales": list(settings.tta_scales) or None,
+            "zoom": None if settings.zoom is None else asdict(settings.zoom),
         },
         models=results,
         unreadable=bad,
@@ -333,21 +340,6 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, amp: bool) -> torch.Tensor
         out = out[0]
     # A copy: under torch.compile's CUDA graphs the next call reuses the output buffer.
     return out.float().clone()
-
-
-def _residuals(decs: Sequence[torch.nn.Module], batch: int) -> Optional[torch.Tensor]:
-    """(batch, modules) solver residuals of the latest forward, or None if not available."""
-    values = []
-    for m in decs:
-        r = getattr(m, "residual", None)
-        if r is None:
-            continue
-        r = r.detach().float().reshape(-1).cpu()
-        if r.numel() == 1:
-            r = r.expand(batch)
-        if r.numel() == batch:
-            values.append(r)
-    return torch.stack(values, dim=1) if values else None
 
 
 def _sync(device: torch.device) -> None:
@@ -385,6 +377,8 @@ def _batch_records(run: _Run, job: _Pass, probe: Optional[Probe], batch: Any) ->
     the time of its clean forward."""
     settings, device, k = run.settings, run.dist.device, run.warps
     x = batch.images.to(device, non_blocking=True)
+    if run.sweep is not None:
+        x = run.sweep.apply(x, [run.data.samples[int(i)] for i in batch.indices], job.cfg)
     b = x.shape[0]
     _sync(device)
     t0 = time.perf_counter()
@@ -393,7 +387,7 @@ def _batch_records(run: _Run, job: _Pass, probe: Optional[Probe], batch: Any) ->
     seconds = time.perf_counter() - t0
     if probe:
         probe.clean()
-    res = [_residuals(job.decs, b)] if job.decs else []
+    res = [residuals(job.decs, b)] if job.decs else []
     warped = strength = None
     if k:
         warps = batch_warps([run.data.samples[int(i)].rel for i in batch.indices], k, settings, run.warp_cache)
@@ -405,27 +399,15 @@ def _batch_records(run: _Run, job: _Pass, probe: Optional[Probe], batch: Any) ->
             if probe:
                 probe.warped(start)
             if job.decs:
-                res.append(_residuals(job.decs, chunks[-1].shape[0]))
+                res.append(residuals(job.decs, chunks[-1].shape[0]))
         warped = torch.cat(chunks).view(b, k, -1)
     rec = batch_records(clean, batch.labels, warped, strength)
     rec["index"] = batch.indices.numpy().astype(np.int64)
     if probe:
         rec.update(probe.records())
     if job.decs and all(r is not None for r in res):
-        rec.update(_residual_records(res, b, k))
+        rec.update(residual_records(res, b, k))
     return rec, seconds
-
-
-def _residual_records(res: Sequence[torch.Tensor], b: int, k: int) -> dict[str, np.ndarray]:
-    """Per image, the mean and max solver residual over its clean forward and its K warped copies.
-
-    ``res[0]`` is the clean batch's (b, M); the rest are the warped chunks', image-major.
-    """
-    per_image = [res[0]]
-    if len(res) > 1:
-        per_image.append(torch.cat(list(res[1:])).view(b, k, -1).flatten(1))  # (b, K*M)
-    allr = torch.cat(per_image, dim=1).double()
-    return {"res_mean": allr.mean(dim=1).numpy(), "res_max": allr.amax(dim=1).numpy()}
 
 
 def _gather(run: _Run, parts: list[dict[str, np.ndarray]], errors: list[tuple[int, str]],

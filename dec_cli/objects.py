@@ -23,7 +23,11 @@ from PIL import Image
 
 from dec_cli.errors import UsageError
 from dec_cli.images import page_to_tensor
+from dec_cli.vocboxes import find_box, load_voc_folder
 from dec_cli.zoomaxis import fit_radius
+
+__all__ = ["OBJECT", "Box", "ObjectError", "box_area", "default_radius", "find_box", "load_boxes", "mask_box",
+           "object_disc"]
 
 OBJECT = "object"
 # The widest disc we choose: its diameter magnified by the largest factor covers at most this
@@ -76,13 +80,16 @@ def _coco_boxes(data: dict[str, Any], path: Path) -> dict[str, Box]:
 
 
 def load_boxes(path: str | os.PathLike) -> dict[str, Box]:
-    """Boxes per relative image path from a JSON mapping or a COCO file; `UsageError` if malformed."""
+    """Boxes per relative image path from a JSON mapping, a COCO file or a folder of Pascal VOC XML
+    files (`dec_cli.vocboxes`); `UsageError` if malformed. Look a box up with `find_box`."""
     path = Path(path)
+    if path.is_dir():
+        return load_voc_folder(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot read --boxes {path}: {exc.strerror or exc}",
-                         "give a JSON file of boxes") from None
+                         "give a JSON file of boxes or a folder of Pascal VOC XML files") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _malformed(path, f"not JSON ({getattr(exc, 'msg', exc)})") from None
     if not isinstance(data, dict):

@@ -19,7 +19,7 @@ import torch
 
 from dec_cli import images
 from dec_cli.errors import DecError
-from dec_cli.objects import OBJECT, Box, ObjectError, mask_box, object_disc
+from dec_cli.objects import OBJECT, Box, ObjectError, find_box, mask_box, object_disc
 from dec_cli.treeformat import MASKS_DIR, mask_name
 from dec_cli.warp import Warp, apply_warp
 from dec_cli.warpplan import Output, WarpSettings, manifest_record, size_problem, warp_for
@@ -52,9 +52,9 @@ def _object_settings(ctx: JobContext, rel: str, size: tuple[int, int], mask_pic:
                      ) -> WarpSettings:
     """The job's settings with the zoom disc centred on this image's object (`ObjectError` if it has none)."""
     if ctx.boxes is not None:
-        if rel not in ctx.boxes:
+        box = find_box(ctx.boxes, rel)
+        if box is None:
             raise ObjectError("--boxes has no box for it")
-        box = ctx.boxes[rel]
     elif mask_pic is None:
         raise ObjectError("it has no readable mask in --masks")
     else:
