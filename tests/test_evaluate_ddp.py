@@ -57,3 +57,27 @@ def test_torchrun_two_processes_match_single_process(tmp_path, run_dec):
     # Flip rate pairs outputs of one source that sit on different ranks: exact after the gather.
     assert one["models"][1]["metrics"]["flip_rate"] > 0
     assert [m["metrics"]["flip_rate"] for m in two["models"]] == [m["metrics"]["flip_rate"] for m in one["models"]]
+
+
+def test_torchrun_on_the_fly_zoom_sweep_matches_single_process(tmp_path, run_dec):
+    """`--zoom` on a plain tree: the sweep's outputs of one source land on different ranks."""
+    from test_evaluate import CLASSES, make_tree  # noqa: E402
+
+    data = make_tree(tmp_path / "plain", per_class=2, odd_modes=False, corrupt=False)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(CLASSES) + "\n")
+    args = ["evaluate", "test_vit", "--class-map", str(classes), "--data", str(data), "--img-size", "32",
+            "--zoom", "0.7,1,1.4", "--center", "0.4,0.5", "--batch-size", "2", "--device", "cpu", "--quiet"]
+    single = run_dec(*args, "--json", tmp_path / "single.json")
+    assert single.code == 0, single.err
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "dec_cli", *args, "--json", str(tmp_path / "ddp.json")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((tmp_path / "single.json").read_text())["models"][0]
+    two = json.loads((tmp_path / "ddp.json").read_text())["models"][0]
+    assert two["timing"]["world_size"] == 2 and len(one["per_zoom"]) == 3
+    assert two["per_zoom"] == one["per_zoom"]
+    assert two["metrics"]["flip_rate"] == one["metrics"]["flip_rate"]
+    assert two["metrics"]["zoom_consistency_min"] == one["metrics"]["zoom_consistency_min"]
