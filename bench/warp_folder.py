@@ -21,7 +21,13 @@ parameters: the CPU time per file and the bytes show how much of a gap is
 the cost of encoding one warp's output rather than the other's (the warp
 itself is not timed there).
 
+Then (`bench/zoom_sweep.py`) the zoom sweep against random warps, one worker,
+on photos resized to each ``--zoom-sizes`` square (target: zoom output / random
+output <= 1.5x, goal 1.1x), and files/s per ``--workers`` count on a folder of
+``--scaling-files`` photos (target: 2 workers >= 1.7x one on 2 cores).
+
     python bench/warp_folder.py [--photos DIR] [--files 100] [--repeats 3] [--json PATH]
+                                [--zoom-sizes 224,512] [--zoom-files 15] [--workers 1,2] [--scaling-files 200]
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ from dec_cli.treeformat import is_image_path
 from dec_cli.warp import apply_warp
 from dec_cli.warpgrid import sampling_grid
 from dec_cli.warpplan import WarpSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from zoom_sweep import worker_scaling, zoom_vs_random  # noqa: E402  (this folder's sibling module)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PHOTOS = [ROOT.parent / "shared" / "data" / "photos", ROOT / "examples" / "photos"]
@@ -176,6 +185,10 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--zoom-sizes", default="224,512")
+    parser.add_argument("--zoom-files", type=int, default=15)
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--scaling-files", type=int, default=200)
     args = parser.parse_args()
     torch.set_num_threads(1)
     photos = args.photos or next((p for p in DEFAULT_PHOTOS if p.is_dir()), None)
@@ -216,6 +229,11 @@ def main() -> None:
                     shutil.rmtree(out)
                 kernel.run(rounds=3)
         encode_cost = output_encode_cost({name: tmp / f"{name}-{args.repeats - 1}" for name in names})
+        sizes = [int(v) for v in args.zoom_sizes.split(",")]
+        results["zoom_sweep"] = zoom_vs_random(files[:args.zoom_files], tmp, sizes, args.repeats)
+        scaling_src = tmp / "scaling"
+        make_tree(photos, scaling_src, args.scaling_files)
+        results["workers"] = worker_scaling(scaling_src, tmp, [int(v) for v in args.workers.split(",")], args.repeats)
     results["kernel"] = kernel.result()
     results["files"] = len(files)
     results["megapixels"] = round(megapixels, 2)
@@ -252,6 +270,16 @@ def main() -> None:
     print("re-encoding each loop's PNG outputs (same parameters, CPU time, warp not timed):")
     for name, cost in encode_cost.items():
         print(f"  {name}: {cost['encode_ms']:.2f} ms and {cost['kB']:.1f} kB per file ({cost['png_files']} PNG files)")
+    print(f"zoom sweep ({len(files[:args.zoom_files])} photos x 10 factors, one worker) vs --copies 10:")
+    for side, row in results["zoom_sweep"].items():
+        ms = row["ms_per_output"]
+        print(f"  {side}x{side}: random {ms['random']:.1f} ms, zoom {ms['zoom']:.1f} ms "
+              f"({row['zoom_vs_random']:.2f}x; target <= 1.5x, goal 1.1x), zoom per-image object "
+              f"{ms['zoom_object']:.1f} ms ({row['zoom_object_vs_random']:.2f}x)")
+    scale = results["workers"]
+    print(f"--workers on {args.scaling_files} photos: " + ", ".join(
+        f"{n}: {scale['files_per_s'][n]:.1f} files/s ({scale['speedup'][n]:.2f}x)" for n in scale["files_per_s"])
+        + " (target: 2 workers >= 1.7x on 2 cores)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_warp_folder_bench_reports_its_figures(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "bench" / "warp_folder.py"), "--photos", str(ROOT / "examples" / "photos"),
-           "--files", "3", "--repeats", "2", "--json", str(out)]
+           "--files", "3", "--repeats", "2", "--json", str(out), "--zoom-sizes", "64", "--zoom-files", "2",
+           "--workers", "1,2", "--scaling-files", "4"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())
@@ -28,6 +29,11 @@ def test_warp_folder_bench_reports_its_figures(tmp_path):
         assert cost["png_files"] == 3 and cost["encode_ms"] > 0 and cost["kB"] > 0
     assert 0 < results["dec_vs_pillow"] and 0 < results["dec_vs_pillow_median_round"]
     assert "dec warp / pillow" in proc.stdout and "re-encoding" in proc.stdout
+    row = results["zoom_sweep"]["64"]
+    assert row["zoom_vs_random"] > 0 and row["zoom_object_vs_random"] > 0
+    assert set(row["ms_per_output"]) == {"random", "zoom", "zoom_object"}
+    assert set(results["workers"]["speedup"]) == {"1", "2"} and results["workers"]["speedup"]["1"] == 1
+    assert "zoom sweep" in proc.stdout and "--workers on 4 photos" in proc.stdout
 
 
 def test_digits_table_runs_on_a_tiny_wide_benchmark(tmp_path):
