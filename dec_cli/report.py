@@ -7,7 +7,8 @@ JSON schema (``schema_version`` 1; keys are only ever added, never renamed):
   accuracy is then null), ``classes``, ``images`` (after ``--limit``), ``evaluated``,
   ``unreadable`` (count), ``zoom_sweep`` (bool), ``zooms`` (sorted factors);
 - ``settings``: ``warps``, ``scale_range``, ``grid``, ``rows``, ``seed``,
-  ``img_size``, ``limit``, ``amp``, ``tta_scales`` (null without ``--tta-scales``);
+  ``img_size``, ``limit``, ``amp``, ``tta_scales`` (null without ``--tta-scales``), ``zoom``
+  (null without ``--zoom``; else ``zooms``, ``center``, ``radius``, ``boxes``, ``masks``);
 - ``models``: one object per MODEL, in command-line order (each followed by its
   ``NAME+tta`` row under ``--tta-scales``): ``name``, ``source``,
   ``model_name``, ``dec``, ``num_classes``, ``class_mapping`` (null without

@@ -169,8 +169,8 @@ def test_json_schema_and_unreadable_files(run_dec, assets):
                            "evaluated": 9, "unreadable": 1, "zoom_sweep": False, "zooms": []}
     assert [b["path"] for b in doc["unreadable"]] == ["square/broken.png"] and doc["unreadable"][0]["reason"]
     assert set(doc["settings"]) == {"warps", "scale_range", "grid", "rows", "seed", "img_size", "limit", "amp",
-                                   "tta_scales"}
-    assert doc["settings"]["tta_scales"] is None
+                                   "tta_scales", "zoom"}
+    assert doc["settings"]["tta_scales"] is None and doc["settings"]["zoom"] is None  # no on-the-fly sweep
     model = doc["models"][0]
     assert set(model) == {"name", "source", "model_name", "dec", "num_classes", "class_mapping", "input_size",
                           "metrics", "per_zoom", "per_strength", "timing", "weights_conversion", "dec_modules"}
