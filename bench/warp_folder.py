@@ -56,7 +56,7 @@ from dec_cli.warpgrid import sampling_grid
 from dec_cli.warpplan import WarpSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoom_sweep import worker_scaling, zoom_vs_random  # noqa: E402  (this folder's sibling module)
+from zoom_sweep import print_zoom_rows, worker_scaling, zoom_vs_random  # noqa: E402  (this folder's sibling module)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PHOTOS = [ROOT.parent / "shared" / "data" / "photos", ROOT / "examples" / "photos"]
@@ -270,16 +270,7 @@ def main() -> None:
     print("re-encoding each loop's PNG outputs (same parameters, CPU time, warp not timed):")
     for name, cost in encode_cost.items():
         print(f"  {name}: {cost['encode_ms']:.2f} ms and {cost['kB']:.1f} kB per file ({cost['png_files']} PNG files)")
-    print(f"zoom sweep ({len(files[:args.zoom_files])} photos x 10 factors, one worker) vs --copies 10:")
-    for side, row in results["zoom_sweep"].items():
-        ms = row["ms_per_output"]
-        print(f"  {side}x{side}: random {ms['random']:.1f} ms, zoom {ms['zoom']:.1f} ms "
-              f"({row['zoom_vs_random']:.2f}x; target <= 1.5x, goal 1.1x), zoom per-image object "
-              f"{ms['zoom_object']:.1f} ms ({row['zoom_object_vs_random']:.2f}x)")
-    scale = results["workers"]
-    print(f"--workers on {args.scaling_files} photos: " + ", ".join(
-        f"{n}: {scale['files_per_s'][n]:.1f} files/s ({scale['speedup'][n]:.2f}x)" for n in scale["files_per_s"])
-        + " (target: 2 workers >= 1.7x on 2 cores)")
+    print_zoom_rows(results, len(files[:args.zoom_files]), args.scaling_files)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -82,3 +82,17 @@ def worker_scaling(src: Path, tmp: Path, workers: Sequence[int], repeats: int) -
             shutil.rmtree(dst)
     first = rate[str(workers[0])]
     return {"files_per_s": rate, "speedup": {k: v / first for k, v in rate.items()}}
+
+
+def print_zoom_rows(results: dict, photos: int, scaling_files: int) -> None:
+    """The zoom-sweep and scaling lines of the bench's printout."""
+    print(f"zoom sweep ({photos} photos x 10 factors, one worker) vs --copies 10:")
+    for side, row in results["zoom_sweep"].items():
+        ms = row["ms_per_output"]
+        print(f"  {side}x{side}: random {ms['random']:.1f} ms, zoom {ms['zoom']:.1f} ms "
+              f"({row['zoom_vs_random']:.2f}x; target <= 1.5x, goal 1.1x), zoom per-image object "
+              f"{ms['zoom_object']:.1f} ms ({row['zoom_object_vs_random']:.2f}x)")
+    scale = results["workers"]
+    print(f"--workers on {scaling_files} photos: " + ", ".join(
+        f"{n}: {scale['files_per_s'][n]:.1f} files/s ({scale['speedup'][n]:.2f}x)" for n in scale["files_per_s"])
+        + " (target: 2 workers >= 1.7x on 2 cores)")

@@ -184,8 +184,6 @@ def evaluate_cmd(
     """
     from dec_cli.cli_render import console_for, named_tasks, progress_bar, render_evaluation
     from dec_cli.evaluate import EvalSettings
-    from dec_cli.evalzoom import ZoomOptions
-    from dec_cli.objects import OBJECT
     from dec_cli.evaluate_job import Reports, plan_evaluation, run_evaluation
     from dec_cli.metrics import parse_fail_if
     from dec_cli.report import failure_message
@@ -194,13 +192,7 @@ def evaluate_cmd(
     thresholds = [parse_fail_if(expr) for expr in (fail_if or [])]
     tta = parse_tta_scales(tta_scales) if tta_scales is not None else ()
     lo_hi = _scale_range(scale_range)
-    zooms = _floats(zoom, "--zoom", "0.8,1,1.25")
-    if zooms is None and any(v is not None for v in (center, radius, boxes, masks)):
-        raise UsageError("--center, --radius, --boxes and --masks apply to --zoom sweeps only", "add --zoom Z1,Z2,...")
-    centre = OBJECT if center == OBJECT else _floats(center, "--center", "0.5,0.5", count=2)
-    sweep = ZoomOptions(zooms, centre, radius, boxes, masks) if zooms is not None else None
-    if sweep is not None:
-        sweep.settings()  # bad factors, radius or centre: a usage error before any model loads
+    sweep = _eval_zoom(zoom, center, radius, boxes, masks)
     settings = EvalSettings(warps=warps, scale_range=lo_hi, grid=grid, rows=rows, seed=seed, img_size=img_size,
                             limit=limit, batch_size=batch_size, workers=workers, device=device, amp=amp,
                             compile=compile_, class_map=class_map, no_labels=no_labels, tta_scales=tta, zoom=sweep)
@@ -384,6 +376,24 @@ def _floats(text: Optional[str], option: str, example: str, count: Optional[int]
         raise UsageError(f"{option} expects {'X,Y' if count == 2 else 'comma-separated numbers'}; got {text!r}",
                          f"for example {option} {example}")
     return values
+
+
+def _eval_zoom(zoom: Optional[str], center: Optional[str], radius: Optional[float], boxes: Optional[str],
+               masks: Optional[str]) -> Any:
+    """`dec evaluate`'s on-the-fly sweep options (None without ``--zoom``), checked before any model loads."""
+    from dec_cli.evalzoom import ZoomOptions
+    from dec_cli.objects import OBJECT
+
+    zooms = _floats(zoom, "--zoom", "0.8,1,1.25")
+    if zooms is None:
+        if any(v is not None for v in (center, radius, boxes, masks)):
+            raise UsageError("--center, --radius, --boxes and --masks apply to --zoom sweeps only",
+                             "add --zoom Z1,Z2,...")
+        return None
+    centre = OBJECT if center == OBJECT else _floats(center, "--center", "0.5,0.5", count=2)
+    sweep = ZoomOptions(zooms, centre, radius, boxes, masks)
+    sweep.settings()  # bad factors, radius or centre: a usage error
+    return sweep
 
 
 @app.command("warp")
