@@ -27,7 +27,7 @@ from dec_cli import images
 from dec_cli.data import ImageFolderData, Sample
 from dec_cli.errors import UsageError
 from dec_cli.maps1d import DEFAULT_INVERSE_ITERS, pixel_centres
-from dec_cli.objects import OBJECT, ObjectError, find_box, load_boxes, mask_box, object_disc
+from dec_cli.objects import OBJECT, ObjectError, load_boxes, object_box, object_disc
 from dec_cli.treeformat import output_name
 from dec_cli.warp import Warp
 from dec_cli.warpinverse import grid_inverse
@@ -150,13 +150,7 @@ def _disc(s: Sample, settings: WarpSettings, boxes: Optional[dict], masks: dict[
     size = images.image_size(s.path)
     if settings.center != OBJECT:
         return tuple(settings.center or (0.5, 0.5)), settings.radius, size
-    if boxes is not None:
-        box = find_box(boxes, s.rel)
-        if box is None:
-            raise ObjectError("--boxes has no box for it")
-    elif s.rel in masks:
-        box = mask_box(images.read_image(masks[s.rel]).pages[0], size)
-    else:
-        raise ObjectError("it has no mask in --masks")
+    page = images.read_image(masks[s.rel]).pages[0] if boxes is None and s.rel in masks else None
+    box = object_box(s.rel, boxes, page, size)
     center, radius = object_disc(box, size, settings.zooms, settings.radius)
     return center, radius, size

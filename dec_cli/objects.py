@@ -27,7 +27,7 @@ from dec_cli.vocboxes import find_box, load_voc_folder
 from dec_cli.zoomaxis import fit_radius
 
 __all__ = ["OBJECT", "Box", "ObjectError", "box_area", "default_radius", "find_box", "load_boxes", "mask_box",
-           "object_disc"]
+           "object_box", "object_disc"]
 
 OBJECT = "object"
 # The widest disc we choose: its diameter magnified by the largest factor covers at most this
@@ -117,6 +117,19 @@ def mask_box(page: Image.Image, size: Sequence[int]) -> Box:
     mh, mw = nonzero.shape
     sx, sy = size[0] / mw, size[1] / mh
     return (int(cols[0]) * sx, int(rows[0]) * sy, (int(cols[-1]) + 1) * sx, (int(rows[-1]) + 1) * sy)
+
+
+def object_box(rel: str, boxes: dict[str, Box] | None, mask_page: Image.Image | None, size: Sequence[int]) -> Box:
+    """Image ``rel``'s box: from ``boxes`` when given (`find_box`), else from its mask page (`mask_box`);
+    `ObjectError` when it has neither."""
+    if boxes is not None:
+        box = find_box(boxes, rel)
+        if box is None:
+            raise ObjectError("--boxes has no box for it")
+        return box
+    if mask_page is None:
+        raise ObjectError("it has no readable mask in --masks")
+    return mask_box(mask_page, size)
 
 
 def default_radius(box: Box, size: Sequence[int], max_zoom: float) -> float:

@@ -19,7 +19,7 @@ import torch
 
 from dec_cli import images
 from dec_cli.errors import DecError
-from dec_cli.objects import OBJECT, Box, ObjectError, find_box, mask_box, object_disc
+from dec_cli.objects import OBJECT, Box, ObjectError, object_box, object_disc
 from dec_cli.treeformat import MASKS_DIR, mask_name
 from dec_cli.warp import Warp, apply_warp
 from dec_cli.warpplan import Output, WarpSettings, manifest_record, size_problem, warp_for
@@ -51,14 +51,7 @@ class JobContext:
 def _object_settings(ctx: JobContext, rel: str, size: tuple[int, int], mask_pic: images.Picture | None
                      ) -> WarpSettings:
     """The job's settings with the zoom disc centred on this image's object (`ObjectError` if it has none)."""
-    if ctx.boxes is not None:
-        box = find_box(ctx.boxes, rel)
-        if box is None:
-            raise ObjectError("--boxes has no box for it")
-    elif mask_pic is None:
-        raise ObjectError("it has no readable mask in --masks")
-    else:
-        box = mask_box(mask_pic.pages[0], size)
+    box = object_box(rel, ctx.boxes, None if mask_pic is None else mask_pic.pages[0], size)
     center, radius = object_disc(box, size, ctx.settings.zooms, ctx.settings.radius)
     return replace(ctx.settings, center=center, radius=radius)
 
