@@ -199,7 +199,7 @@ def finetune(ckpt: str, data: str | Path, out_dir: str | Path, options: Optional
         trainer = Trainer(inputs, run, cfg, command=command, on_event=on_event, dist_info=info)
         dist_utils.barrier()  # every rank has checked the inputs before rank 0 writes anything
         if info.is_main:
-            run.prepare()
+            run.prepare(options=cfg.to_dict(), classes=trainer.classes, ckpt=str(ckpt))
         summary = trainer.run()
         del trainer  # its DistributedDataParallel wrapper holds the process group open
     return summary if info.is_main else None
