@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
+from dec_cli.boxcheck import check_boxes_file
 from dec_cli.errors import UsageError
 from dec_cli.images import page_to_tensor
 
@@ -76,6 +77,7 @@ def _coco_boxes(data: dict[str, Any], path: Path) -> dict[str, Box]:
 def load_boxes(path: str | os.PathLike) -> dict[str, Box]:
     """Boxes per relative image path from a JSON mapping or a COCO file; `UsageError` if malformed."""
     path = Path(path)
+    check_boxes_file(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
