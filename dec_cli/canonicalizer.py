@@ -32,6 +32,12 @@ from dec_cli.warp import Warp, apply_warp
 LAYOUTS = ("tokens", "nchw", "nhwc")
 
 
+# The largest value of each integer DEC setting: beyond it a DEC cannot run in reasonable time or memory
+# (grid and rows as in dec_cli.randomwarp; a billion iterations would never finish).
+SETTING_LIMITS = {"channels": 4096, "hidden": 4096, "grid": 64, "rows": 64, "iters": 1000, "grad_steps": 1000,
+                  "memory": 100}
+
+
 @dataclass(frozen=True)
 class DECSettings:
     """Hyper-parameters of one DEC (stored in checkpoints and recipes)."""
@@ -47,10 +53,12 @@ class DECSettings:
     memory: int = 5  # Anderson: how many past iterates are combined
 
     def __post_init__(self) -> None:
-        for name in ("channels", "hidden", "grid", "rows", "iters", "grad_steps", "memory"):
+        for name, most in SETTING_LIMITS.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"DEC setting {name} must be a positive integer; got {value!r}")
+            if value > most:
+                raise ValueError(f"DEC setting {name} must be at most {most}; got {value}")
         if not (isinstance(self.damping, (int, float)) and 0 < float(self.damping) <= 1):
             raise ValueError(f"DEC setting damping must be in (0, 1]; got {self.damping!r}")
         if self.solver not in SOLVERS:

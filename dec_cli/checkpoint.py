@@ -26,6 +26,7 @@ from torch import nn
 from dec_cli.backbone import create, create_backbone, load_into, unwrap
 from dec_cli.errors import DecError, UsageError, first_line
 from dec_cli.files import atomic_path
+from dec_cli.metacheck import check_metadata, check_points
 from dec_cli.modelinfo import DecInfo, info_of, set_info
 from dec_cli.retrofit import backbone_parameters, count_parameters, dec_modules, dec_parameters, retrofit
 from dec_cli.version import __version__
@@ -71,6 +72,7 @@ def _parse_metadata(meta: dict[str, str], path: Path) -> dict[str, Any]:
                        "upgrade dec or re-export the checkpoint")
     if not info.get("model_name"):
         raise DecError(f"{path}: checkpoint metadata names no timm model", "the file is damaged")
+    check_metadata(info, path)
     return info
 
 
@@ -102,6 +104,9 @@ def _load_checkpoint(path: Path, *, num_classes: Optional[int], device: Union[st
     tensors, meta = read_safetensors(path)
     stored = DecInfo.from_dict(_parse_metadata(meta, path))
     check_finite(tensors, str(path))
+    if not timm.is_model(stored.model_name):
+        raise DecError(f"{path}: names timm model {stored.model_name!r}, which timm {timm.__version__} does not have",
+                       "upgrade timm to the version the checkpoint's provenance names, or the file is damaged")
     model = create(stored.model_name, pretrained=False, num_classes=stored.num_classes,
                    kwargs=stored.model_kwargs)
     set_info(model, stored)
@@ -109,7 +114,9 @@ def _load_checkpoint(path: Path, *, num_classes: Optional[int], device: Union[st
         try:
             retrofit(model, recipe=stored.recipe)  # records the recipe it resolved
         except UsageError as exc:
-            raise DecError(f"{path}: stored recipe does not fit {stored.model_name} ({exc.message})") from None
+            raise DecError(f"{path}: stored recipe does not fit {stored.model_name} ({exc.message})",
+                           "the metadata does not match the weights; re-export the checkpoint") from None
+        check_points(stored.recipe, info_of(model).recipe, path, stored.model_name)
     load_into(model, tensors, str(path))
     info = replace(info_of(model), dec=stored.dec, path=str(path))
     if num_classes is not None and num_classes != stored.num_classes:

@@ -4,7 +4,7 @@ Each command parses its options, calls one library function and renders the
 result with `dec_cli.cli_render`; the library never prints or exits. Library
 code raises `dec_cli.errors.DecError` (a bad option here raises its
 `UsageError` too); `main()` turns it into one `error: ...` line and the
-documented exit code (0 success, 1 failure, 2 usage error, 130 interrupted).
+documented exit code (0 success, 1 failure, 2 usage error, 130 interrupted, 143 terminated).
 Commands import what they use inside their bodies, so that `dec --help` and
 `dec --version` load no torch.
 """
@@ -12,6 +12,7 @@ Commands import what they use inside their bodies, so that `dec --help` and
 from __future__ import annotations
 
 import inspect
+import signal
 import sys
 import warnings
 from typing import Any, Callable, Iterable, Optional
@@ -495,11 +496,18 @@ def unwarp_cmd(
 
 
 def _interrupted() -> None:
-    """Ctrl-C: one line naming how to continue, exit code 130."""
-    hint = _INTERRUPT_HINTS.get(_state["command"], _INTERRUPT_HINT)
-    Console(stderr=True, highlight=False, soft_wrap=True).print(
-        DecError("interrupted", hint).one_line(), markup=False)
-    sys.exit(130)
+    """Ctrl-C or SIGTERM: one line naming how to continue, exit code 130 or 143 (128 + the signal).
+
+    Under torchrun every rank stops; only rank 0 says so.
+    """
+    from dec_cli import stopsignal
+
+    signum = stopsignal.received() or signal.SIGINT
+    if not stopsignal.is_secondary_rank():
+        hint = _INTERRUPT_HINTS.get(_state["command"], _INTERRUPT_HINT)
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            DecError(stopsignal.word(signum), hint).one_line(), markup=False)
+    sys.exit(stopsignal.exit_code(signum))
 
 
 def _quiet_dependency_notices() -> None:
@@ -513,7 +521,18 @@ def _quiet_dependency_notices() -> None:
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry: run the app, turning user errors into one line and an exit code."""
+    from dec_cli import stopsignal
+
     _quiet_dependency_notices()
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    _state["command"] = words[0] if words else None  # known before Typer parses: a stop may come that early
+    with stopsignal.handling():
+        _run(argv, stopsignal.received)
+
+
+def _run(argv: Optional[list[str]], stopped: Callable[[], Optional[int]]) -> None:
+    """`main` inside the signal handlers; ``stopped()`` says whether a stop signal came (it then wins
+    over whatever error it caused, such as a torchrun peer's closed connection)."""
     try:
         # Typer turns a KeyboardInterrupt inside a command into a returned 130 (standalone_mode=False).
         code = app(args=argv, prog_name="dec", standalone_mode=False)
@@ -522,6 +541,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except DecError as err:
+        if stopped():
+            _interrupted()
         if _state["debug"]:
             raise
         Console(stderr=True, highlight=False, soft_wrap=True).print(err.one_line(), markup=False)
@@ -531,6 +552,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     except typer.Exit as exc:  # --version, --help
         sys.exit(exc.exit_code)
     except Exception as exc:
+        if stopped():
+            _interrupted()
         # Typer vendors click: its usage errors carry `show()` and `exit_code`.
         if type(exc).__name__ == "NoArgsIsHelpError":
             exc.show()

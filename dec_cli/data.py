@@ -10,7 +10,6 @@ run: unreadable files are collected with a reason and skipped.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from dec_cli.classmap import read_class_map  # noqa: F401  (also imported from here)
 from dec_cli.errors import UsageError, first_line
 from dec_cli.treeformat import IMAGE_EXTENSIONS, MASKS_DIR, is_image_path, read_tree_manifest, zoom_source_name
 from dec_cli.treescan import TreeScan, check_regular_file, walk_tree
@@ -316,61 +316,6 @@ def eval_transform(model: Any, img_size: Optional[int] = None) -> Callable:
 
 
 # --------------------------------------------------------------------------- classes -> model outputs
-
-
-def read_class_map(path: str | Path) -> list[str]:
-    """Class names in model output order from a file.
-
-    Formats: a JSON list of names; a JSON object ``{name: index}``; or text with
-    one name per line (line i is output i), optionally ``name index`` per line.
-    Blank lines and ``#`` comments are ignored.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"class map {path} does not exist", "pass --class-map FILE (one class name per line)")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"class map {path} is not valid JSON ({exc.msg})") from None
-        if isinstance(obj, list) and all(isinstance(x, str) for x in obj):
-            return list(obj)
-        if isinstance(obj, dict) and all(isinstance(v, int) for v in obj.values()):
-            return _names_from_indices(path, obj.items())
-        raise UsageError(f"class map {path} must be a list of names or an object of name -> index")
-    pairs = []
-    plain = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
-            pairs.append((parts[0], int(parts[1])))
-        else:
-            plain.append(line)
-    if pairs and plain:
-        raise UsageError(f"class map {path} mixes 'name index' lines with plain names",
-                         "use one format: one name per line, or 'name index' per line")
-    if pairs:
-        return _names_from_indices(path, pairs)
-    if not plain:
-        raise UsageError(f"class map {path} is empty")
-    return plain
-
-
-def _names_from_indices(path: Path, items: Iterable[tuple[str, int]]) -> list[str]:
-    mapping = dict(items)
-    if not mapping:
-        raise UsageError(f"class map {path} is empty")
-    size = max(mapping.values()) + 1
-    if min(mapping.values()) < 0:
-        raise UsageError(f"class map {path} has a negative output index")
-    names = [""] * size
-    for name, idx in mapping.items():
-        names[idx] = name
-    return names
 
 
 def class_to_output(classes: Sequence[str], *, num_classes: int, class_names: Optional[Sequence[str]] = None,

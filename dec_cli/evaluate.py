@@ -27,6 +27,7 @@ from dec_cli.diagnostics import Probe, capture, dec_blocks, summarize_dec
 from dec_cli.evalresiduals import residual_records, residuals
 from dec_cli.evalzoom import ZoomOptions, ZoomSweep, plan_sweep
 from dec_cli.errors import UsageError
+from dec_cli.limits import check_workers
 from dec_cli.memory import EVAL_ACTIVATIONS, check_batch_fits
 from dec_cli.metrics import (LABEL_METRICS, Threshold, batch_records, concat_records, sort_records, summarize,
                              warp_strength)
@@ -139,11 +140,11 @@ def check_settings(settings: EvalSettings) -> None:
     except ValueError as exc:
         raise UsageError(str(exc), "for example --grid 8 --rows 1") from None
     if settings.batch_size < 1:
-        raise UsageError(f"--batch-size must be positive; got {settings.batch_size}")
-    if settings.workers < 0:
-        raise UsageError(f"--workers must be 0 or more; got {settings.workers}")
+        raise UsageError(f"--batch-size must be positive; got {settings.batch_size}", "for example --batch-size 64")
+    check_workers(settings.workers)
     if settings.limit is not None and settings.limit < 1:
-        raise UsageError(f"--limit must be positive; got {settings.limit}")
+        raise UsageError(f"--limit must be positive; got {settings.limit}",
+                         "drop --limit to evaluate every image, or pass --limit N with N >= 1")
     if settings.tta_scales:
         check_tta_scales(settings.tta_scales)
 

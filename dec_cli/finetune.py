@@ -27,6 +27,7 @@ from dec_cli.data import scan_image_folder
 from dec_cli.display import shorten
 from dec_cli.errors import UsageError
 from dec_cli.finetune_options import FinetuneConfig
+from dec_cli.limits import check_workers
 from dec_cli.memory import TRAIN_ACTIVATIONS, check_batch_fits
 from dec_cli.modelinfo import info_of, input_size, set_info
 from dec_cli.randomwarp import MAX_GRID, MAX_ROWS, key_seed
@@ -51,12 +52,12 @@ def check_options(cfg: FinetuneConfig) -> None:
          f"--grid must lie in 1..{MAX_GRID} and --rows in 1..{MAX_ROWS}"),
         (0 <= cfg.label_smoothing < 1, "--label-smoothing must lie in [0, 1)"),
         (cfg.clip_grad >= 0, "--clip-grad must be >= 0 (0 turns clipping off)"),
-        (cfg.workers >= 0, "--workers must be >= 0"),
         (cfg.num_classes is None or cfg.num_classes >= 1, "--num-classes must be at least 1"),
     ]
     for ok, message in checks:
         if not ok:
             raise UsageError(message, "see 'dec finetune --help'")
+    check_workers(cfg.workers)
 
 
 # --------------------------------------------------------------------------- data
@@ -199,7 +200,7 @@ def finetune(ckpt: str, data: str | Path, out_dir: str | Path, options: Optional
         trainer = Trainer(inputs, run, cfg, command=command, on_event=on_event, dist_info=info)
         dist_utils.barrier()  # every rank has checked the inputs before rank 0 writes anything
         if info.is_main:
-            run.prepare()
+            run.prepare(options=cfg.to_dict(), classes=trainer.classes, ckpt=str(ckpt))
         summary = trainer.run()
         del trainer  # its DistributedDataParallel wrapper holds the process group open
     return summary if info.is_main else None

@@ -20,10 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from dec_cli.boxcheck import check_boxes_cover
 from dec_cli.errors import UsageError
 from dec_cli.files import remove_stale_temporaries, write_json
 from dec_cli.joblock import LOCK_FILE, job_lock
 from dec_cli.jobrecord import check_own_outputs, recorded_outputs
+from dec_cli.limits import check_workers
 from dec_cli.objects import Box, load_boxes
 from dec_cli.reportpath import check_report_path
 from dec_cli.treeformat import MANIFEST_NAME, MASKS_DIR, Manifest, mask_name, read_manifest, write_manifest
@@ -77,6 +79,8 @@ def run_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSetti
     src_p, dst_p = Path(src), Path(dst)
     box_map = None if boxes is None else load_boxes(boxes)
     plan, scan_bad = plan_warp(src_p, dst_p, settings, masks=masks, boxes=boxes)
+    if box_map is not None:
+        check_boxes_cover(box_map, [rel for rel, _, _ in plan], boxes)
     names = [name for _, outs, mask_rel in plan for o in outs for name in (o.dst, mask_name(o.dst, mask_rel)) if name]
     check_report_path(json_path, "--json", trees=[("SRC", src_p), ("--masks", masks),
                                                   ("DST/masks", dst_p / MASKS_DIR if masks is not None else None)],
@@ -91,7 +95,8 @@ def _check_job_options(overwrite: bool, resume: bool, workers: int) -> None:
     if overwrite and resume:
         raise UsageError("--overwrite and --resume exclude each other", "use one of them")
     if workers < 1:
-        raise UsageError(f"--workers must be >= 1; got {workers}")
+        raise UsageError(f"--workers must be >= 1; got {workers}", "for example --workers 4")
+    check_workers(workers)
 
 
 def _existing_outputs(dst_p: Path, names: Sequence[str]) -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
+from dec_cli.boxcheck import check_boxes_file
 from dec_cli.errors import UsageError
 from dec_cli.images import page_to_tensor
 from dec_cli.vocboxes import find_box, load_voc_folder
@@ -85,6 +86,7 @@ def load_boxes(path: str | os.PathLike) -> dict[str, Box]:
     path = Path(path)
     if path.is_dir():
         return load_voc_folder(path)
+    check_boxes_file(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -5,6 +5,12 @@ resume none), reads the resume state, and after every epoch writes all four
 files, each through a temporary name and a rename, so a failed write (a full
 disk) leaves the previous epoch's files intact. ``state.pt`` holds tensors and
 plain values only and is read with ``torch.load(weights_only=True)``.
+
+``state.pt`` is the run's one commit point. It is written when the run starts
+(its options, classes and checkpoint, at epoch 0) and then last after every
+epoch, and it holds the metrics rows itself; so a process killed between any
+two writes leaves a state that a ``--resume`` continues from, repeating at most
+the epoch whose other files it had begun to write.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ class RunFolder:
             raise UsageError(f"output {out} cannot be made: {blocker} is a file, not a folder", "pass -o DIR")
         state = read_state(out) if out.is_dir() else None
         known = [n for n in (STATE_NAME, LAST_NAME, BEST_NAME, METRICS_NAME) if (out / n).exists()]
+        if resume and state is None and not known and _start_was_cut(out):
+            return None  # killed while recording the start: nothing was trained, so this is that run's start
         if resume and state is None:  # starting afresh would silently drop the run's options
             raise UsageError(f"--resume: {out} holds no run to continue (no {STATE_NAME})",
                              f"the run stopped before its first epoch was saved: delete {out} and start it again "
@@ -88,7 +96,7 @@ class RunFolder:
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, ckpt: str) -> Progress:
         """Load the saved weights and optimizer moments; returns where the run stood (a new run: the start)."""
         state = self.state
-        if state is None:
+        if state is None or "model" not in state:  # a new run, or one stopped before its first epoch ended
             return Progress()
         try:
             model.load_state_dict(state["model"])
@@ -103,15 +111,24 @@ class RunFolder:
         return Progress(int(state["epoch"]), int(state["step"]), float(state["best_acc"]), int(state["best_epoch"]))
 
     def rows_until(self, epoch: int) -> list[dict]:
-        """The metrics.csv rows of epochs 1..``epoch`` (a row written after the last state is dropped)."""
-        return [r for r in read_metrics(self.metrics) if int(r["epoch"]) <= epoch]
+        """The metrics rows of epochs 1..``epoch``: the state's own (a metrics.csv row written after it is dropped)."""
+        if self.state is not None and "rows" in self.state:
+            return [r for r in json.loads(self.state["rows"]) if int(r["epoch"]) <= epoch]
+        return [r for r in read_metrics(self.metrics) if int(r["epoch"]) <= epoch]  # a state from an older dec
 
     # ------------------------------------------------------------------ writing
 
-    def prepare(self) -> None:
-        """Create the folder and sweep the temporary files a killed writer left (rank 0, before training)."""
+    def prepare(self, *, options: dict[str, Any], classes: list[str], ckpt: str) -> None:
+        """Create the folder, sweep the temporary files a killed writer left, and record a new run's start.
+
+        Rank 0, before training. The start record is a state at epoch 0 without
+        weights: a run killed in its first epoch resumes from it with its options.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.path)
+        if self.state is None:
+            start = _state_record(Progress(), [], options, classes, ckpt)
+            _guarded_write(self.path / STATE_NAME, lambda p: torch.save(start, p))
 
     def kept(self, epochs_done: int) -> str:
         """What a failed run leaves, for its error line."""
@@ -129,19 +146,31 @@ class RunFolder:
         _guarded_write(self.last, lambda p: save_model(model, p, **provenance))
         if improved:
             _guarded_write(self.best, lambda p: shutil.copyfile(self.last, p))
-        state = {
-            "format": STATE_FORMAT,
-            "epoch": progress.epoch,
-            "step": progress.step,
-            "best_acc": progress.best_acc,
-            "best_epoch": progress.best_epoch,
-            "options": json.dumps(provenance["finetune"]),
-            "class_names": json.dumps(classes),
-            "ckpt": provenance["base_checkpoint"],
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": _to_cpu(optimizer.state_dict()),
-        }
-        _guarded_write(self.path / STATE_NAME, lambda p: torch.save(state, p))
+        state = _state_record(progress, rows, provenance["finetune"], classes, provenance["base_checkpoint"])
+        state["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        state["optimizer"] = _to_cpu(optimizer.state_dict())
+        _guarded_write(self.path / STATE_NAME, lambda p: torch.save(state, p))  # last: the epoch's commit
+
+
+def _state_record(progress: Progress, rows: list[dict], options: dict[str, Any], classes: list[str],
+                  ckpt: str) -> dict[str, Any]:
+    """The plain-value part of ``state.pt`` (the start record is only this)."""
+    return {
+        "format": STATE_FORMAT,
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "best_acc": progress.best_acc,
+        "best_epoch": progress.best_epoch,
+        "rows": json.dumps(rows),
+        "options": json.dumps(options),
+        "class_names": json.dumps(classes),
+        "ckpt": ckpt,
+    }
+
+
+def _start_was_cut(out: Path) -> bool:
+    """Whether ``out`` holds only the temporary file of a start record that a kill cut short."""
+    return out.is_dir() and any(p.name.startswith(f".{STATE_NAME}.") for p in out.glob(".*.part*"))
 
 
 def _to_cpu(obj: Any) -> Any:

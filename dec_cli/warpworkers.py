@@ -3,7 +3,7 @@
 `warp_file` warps one source image (and its mask) into all its outputs and
 returns their manifest records; `unwarp_file` inverts one record's warp;
 `run_tasks` runs either over every task, results in task order whatever the
-number of workers, and stops the pool cleanly on Ctrl-C.
+number of workers, and stops the pool cleanly on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from dec_cli import images
 from dec_cli.errors import DecError
 from dec_cli.objects import OBJECT, Box, ObjectError, object_box, object_disc
+from dec_cli.stopsignal import STOP_SIGNALS
 from dec_cli.treeformat import MASKS_DIR, mask_name
 from dec_cli.warp import Warp, apply_warp
 from dec_cli.warpplan import Output, WarpSettings, manifest_record, size_problem, warp_for
@@ -197,10 +198,10 @@ def _run_in_pool(fn: Callable[..., dict[str, Any]], ctx: JobContext, tasks: list
                                 initargs=(stop,)) as pool:
         futures: dict[cf.Future, int] = {}
         try:
-            # Workers are started here, with SIGINT blocked: they inherit the mask, so a
-            # terminal's Ctrl-C (sent to every process of the job) reaches only this one.
-            # One that comes meanwhile waits for the unblocking.
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            # Workers are started here, with SIGINT and SIGTERM blocked: they inherit the mask,
+            # so a terminal's Ctrl-C or a scheduler's SIGTERM (sent to every process of the job)
+            # reaches only this one. One that comes meanwhile waits for the unblocking.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             try:
                 for i, task in enumerate(tasks):
                     futures[pool.submit(fn, ctx, *task)] = i

@@ -286,8 +286,12 @@ def test_resume_after_sigkill_equals_uninterrupted_run(run_dec, sigkill_dec, ful
     assert not list(cut.glob(".*.part*"))  # a temporary file cut short by the kill is cleaned up or replaced
 
 
-def test_ctrl_c_in_epoch_one_of_three_exits_130_with_one_line(shapes, dec_ckpt, tmp_path):
-    """A real SIGINT to a real `dec finetune` during its first epoch: exit 130 and one line naming --resume."""
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                                 (signal.SIGTERM, 143, "terminated")], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_in_epoch_one_of_three_stops_with_one_line(shapes, dec_ckpt, tmp_path, run_dec,
+                                                                    signum, code, word):
+    """A real SIGINT or SIGTERM to a real `dec finetune` during its first epoch: exit 130 or 143, one line
+    naming --resume, and the run folder resumes (from epoch 0, with the options it was started with)."""
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONWARNINGS": "ignore::FutureWarning"}  # old timm warns about torch.jit at import
@@ -296,16 +300,20 @@ def test_ctrl_c_in_epoch_one_of_three_exits_130_with_one_line(shapes, dec_ckpt, 
                              text=True)
     try:
         assert child.stdout.readline().startswith("fine-tuning ")  # printed as epoch 1 begins
-        child.send_signal(signal.SIGINT)
+        child.send_signal(signum)
         _, err = child.communicate(timeout=120)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait(timeout=60)
     assert not (out / "metrics.csv").exists() or _rows(out) == []
-    assert child.returncode == 130, err
+    assert child.returncode == code, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: interrupted") and "--resume" in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith(f"error: {word} (hint: ") and "--resume" in lines[0], lines
+    r = run_dec("finetune", dec_ckpt, shapes, "-o", out, "--resume", "--quiet", "--json", "-")
+    assert r.code == 0, r.err
+    s = json.loads(r.out)
+    assert s["resumed_from_epoch"] == 0 and s["epochs_run"] == 3 and s["options"]["batch_size"] == 6
 
 
 # --------------------------------------------------------------------------- bad input

@@ -66,21 +66,24 @@ def sources(root: Path) -> dict[str, bytes]:
 # --------------------------------------------------------------------------- Ctrl-C
 
 
-def test_ctrl_c_stops_warp_with_one_line_and_exit_130(photos, tmp_path):
-    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: the workers do not print
-    tracebacks, the parent prints one line with the --resume hint and exits 130, nothing half-written stays."""
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                                 (signal.SIGTERM, 143, "terminated")], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_warp_with_one_line_and_its_exit_code(photos, tmp_path, signum, code, word):
+    """SIGINT or SIGTERM to the whole process group, as a terminal's Ctrl-C or a scheduler (SLURM's
+    scancel, a container stop) sends it: the workers do not print tracebacks, the parent prints one line
+    with the --resume hint and exits 130 or 143, nothing half-written stays."""
     dst = tmp_path / "dst"
     child = dec_child("warp", photos, dst, "--copies", "400", "--workers", "2", "-q")
     try:
         wait_for(lambda: dst.is_dir() and any(dst.rglob("*.w*.*")), child)  # workers may still be starting
-        os.killpg(child.pid, signal.SIGINT)
+        os.killpg(child.pid, signum)
         _, err = child.communicate(timeout=120)
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
-    assert child.returncode == 130, err
+    assert child.returncode == code, err
     line = one_error_line(err)
-    assert line.startswith("error: interrupted") and "--resume" in line
+    assert line.startswith(f"error: {word}") and "--resume" in line
     assert not workers_left(child.pid)
     assert not (dst / "manifest.jsonl").exists() and not (dst / LOCK_FILE).exists()
     assert not [p for p in dst.rglob("*") if ".part" in p.name]
