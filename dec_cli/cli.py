@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 import typer
@@ -73,6 +74,24 @@ def _scale_range(text: str, option: str = "--scale-range", example: str = "0.75,
         return ScaleRange.parse(text)
     except ValueError as exc:
         raise UsageError(f"{option}: {exc}" if named else str(exc), f"for example {option} {example}") from None
+
+
+def _require_data(data: Optional[str], hint: str = "pass --data DIR with one subfolder per class") -> None:
+    """A named data folder that does not exist is a usage error, found before torch loads."""
+    import os
+
+    if data is not None and not os.path.exists(data):
+        raise UsageError(f"data directory {data} does not exist", hint)
+
+
+def _weights_chosen(model: str, chosen: dict[str, Any]) -> None:
+    """`dec_cli.weightsource`'s rule on a finetune's options (a timm name needs a source of weights)."""
+    import os
+
+    from dec_cli.weightsource import weights_source
+
+    weights_source(model, is_checkpoint=os.path.isfile(model), weights=chosen.get("weights"),
+                   pretrained=bool(chosen.get("pretrained")), random_init=bool(chosen.get("random_init")))
 
 
 # --------------------------------------------------------------------------- dec digits
@@ -139,7 +158,10 @@ def evaluate_cmd(
     weights: Optional[list[str]] = typer.Option(None, "--weights", metavar="FILE",
                                                 help="Weights for a timm-name MODEL (repeatable: the i-th goes "
                                                      "to the i-th timm name)."),
-    pretrained: bool = typer.Option(False, "--pretrained", help="timm's pretrained weights for timm names (online)."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="timm's hub weights for timm names without --weights "
+                                    "(online)."),
+    random_init: bool = typer.Option(False, "--random-init", help="Random weights for timm names without --weights "
+                                     "(tests only: a random model's report means nothing)."),
     class_map: Optional[str] = typer.Option(None, "--class-map", metavar="FILE",
                                             help="Class names in model output order (one per line, or JSON)."),
     img_size: Optional[int] = typer.Option(None, "--img-size", metavar="PX", help="Override the input size."),
@@ -171,20 +193,24 @@ def evaluate_cmd(
 
     Example: dec evaluate model.safetensors resnet18 --weights r18.pth --data val-zoom --fail-if "top1<0.7"
     """
-    from dec_cli.cli_render import console_for, named_tasks, progress_bar, render_evaluation
-    from dec_cli.evaluate import EvalSettings
-    from dec_cli.evaluate_job import Reports, plan_evaluation, run_evaluation
-    from dec_cli.metrics import parse_fail_if
-    from dec_cli.report import failure_message
-    from dec_cli.tta import parse_tta_scales
+    from dec_cli.failif import parse_fail_if
+    from dec_cli.ttascales import parse_tta_scales
 
+    # Option errors first, before torch loads (seconds), so that a typo answers at once.
     thresholds = [parse_fail_if(expr) for expr in (fail_if or [])]
     tta = parse_tta_scales(tta_scales) if tta_scales is not None else ()
     lo_hi = _scale_range(scale_range)
+    _require_data(data)
+    from dec_cli.cli_render import console_for, named_tasks, progress_bar, render_evaluation
+    from dec_cli.evaluate import EvalSettings
+    from dec_cli.evaluate_job import Reports, plan_evaluation, run_evaluation
+    from dec_cli.report import failure_message
+
     settings = EvalSettings(warps=warps, scale_range=lo_hi, grid=grid, rows=rows, seed=seed, img_size=img_size,
                             limit=limit, batch_size=batch_size, workers=workers, device=device, amp=amp,
                             compile=compile_, class_map=class_map, no_labels=no_labels, tta_scales=tta)
     job = plan_evaluation(models or [], data, settings, weights=weights or [], pretrained=pretrained,
+                          random_init=random_init,
                           thresholds=thresholds, reports=Reports(json_dest, markdown, plot))
     console = console_for(json_dest, quiet)
     bar = progress_bar(console, quiet)
@@ -240,15 +266,19 @@ def finetune_cmd(
     from rich.progress import TextColumn
 
     from dec_cli.cli_render import console_for, emit_json, finetune_events, finetune_summary, progress_bar
-    from dec_cli.finetune import finetune
     from dec_cli.finetune_options import command_line_options, command_text
+
+    typed = {k: v for k, v in options.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+    chosen = command_line_options(typed, config)
+    _require_data(data, "DATA must hold train/ and val/ ImageFolder trees")
+    if not resume:  # before torch loads; a resumed run takes its weights from the run folder
+        _weights_chosen(ckpt, chosen)
+    from dec_cli.finetune import finetune
     from dec_cli.rundir import OUTPUT_NAMES
 
     check_report_path(json_dest, "--json", trees=[("DATA", data), ("--val", options["val"])],
                       files=[("CKPT", ckpt), ("--weights", options["weights"]), ("--config", config)],
                       root=out_dir, names=OUTPUT_NAMES)
-    typed = {k: v for k, v in options.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
-    chosen = command_line_options(typed, config)
     console = console_for(json_dest, quiet)
     bar = progress_bar(console, quiet, TextColumn("{task.fields[stats]}"))
     try:
@@ -272,8 +302,8 @@ def retrofit_cmd(
     weights: Optional[str] = typer.Option(None, "--weights", metavar="FILE",
                                           help="Local weights (.safetensors, or a weights-only .pth/.bin state dict; "
                                                "efficientnet_pytorch keys are converted)."),
-    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
-                                              help="timm hub weights (default: on unless --weights is given)."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="timm's hub weights (online)."),
+    random_init: bool = typer.Option(False, "--random-init", help="Random backbone weights (tests, from scratch)."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="Classifier outputs (new head)."),
     img_size: Optional[int] = typer.Option(None, "--img-size", min=8, help="Input size of the backbone."),
     recipe: Optional[str] = typer.Option(None, "--recipe", metavar="NAME|FILE|auto",
@@ -303,7 +333,8 @@ def retrofit_cmd(
     from dec_cli.cli_render import console_for, emit_json, print_conversion, retrofit_summary
     from dec_cli.retrofit_job import RetrofitJob, run_retrofit
 
-    job = RetrofitJob(model, output, weights=weights, pretrained=pretrained, num_classes=num_classes,
+    job = RetrofitJob(model, output, weights=weights, pretrained=pretrained, random_init=random_init,
+                      num_classes=num_classes,
                       img_size=img_size, recipe=recipe, at=at, mode=mode, grid=grid, rows=rows, iters=iters,
                       solver=solver, hidden=hidden, channels=channels, seed=seed, force=force)
     job.check(json_dest)
@@ -324,7 +355,7 @@ def info_cmd(
 
     Example: dec info dec_vit_s.safetensors --json -
     """
-    from dec_cli.checkpoint import checkpoint_summary
+    from dec_cli.ckptheader import checkpoint_summary
     from dec_cli.cli_render import checkpoint_table, console_for, emit_json
 
     check_report_path(json_dest, "--json", files=[("CKPT", ckpt)])
@@ -342,7 +373,7 @@ def models_cmd(
     Example: dec models --json -
     """
     from dec_cli.cli_render import console_for, emit_json, recipes_table
-    from dec_cli.retrofit_job import recipe_catalogue
+    from dec_cli.catalogue import recipe_catalogue
 
     catalogue = recipe_catalogue()
     recipes_table(console_for(json_dest), catalogue)
@@ -403,17 +434,19 @@ def warp_cmd(
 
     On each object: dec warp photos/ zoomed/ --zoom 0.8,1,1.25 --center object --boxes boxes.json
     """
+    if not Path(src).exists():  # what run_warp says too, but before torch loads
+        raise UsageError(f"SRC {src} does not exist", "give a folder of images")
+    lo_hi = _scale_range(scale_range)
+    zooms = _floats(zoom, "--zoom", "0.8,1,1.25")
+    centre = "object" if center == "object" else _floats(center, "--center", "0.5,0.5", count=2)
+    if centre is not None and zooms is None:
+        raise UsageError(f"--center {center} applies to --zoom sweeps only", "add --zoom Z1,Z2,...")
     from dec_cli.cli_render import console_for, run_tree_job, tree_report
     from dec_cli.folderwarp import run_warp
     from dec_cli.objects import OBJECT
     from dec_cli.report import check_writable
     from dec_cli.warpplan import WarpSettings
 
-    lo_hi = _scale_range(scale_range)
-    zooms = _floats(zoom, "--zoom", "0.8,1,1.25")
-    centre = OBJECT if center == OBJECT else _floats(center, "--center", "0.5,0.5", count=2)
-    if centre is not None and zooms is None:
-        raise UsageError(f"--center {center} applies to --zoom sweeps only", "add --zoom Z1,Z2,...")
     if radius is None and centre != OBJECT:
         radius = WarpSettings.radius
     settings = WarpSettings(seed=seed, scale_range=lo_hi, grid=grid, rows=rows, copies=copies,

@@ -73,6 +73,7 @@ class ModelSpec:
     source: str
     weights: Optional[str] = None
     pretrained: bool = False
+    weights_source: str = "checkpoint"  # dec_cli.weightsource: checkpoint, pretrained, random-init or the FILE
 
 
 # --------------------------------------------------------------------------- models
@@ -276,7 +277,7 @@ def _evaluate_model(run: _Run, spec: ModelSpec, name: str) -> list[ModelResult]:
         num_classes=int(info.num_classes), class_mapping=how, input_size=list(cfg["input_size"]),
         metrics={**summary["metrics"], "canon_error": canon_error}, per_zoom=summary["per_zoom"],
         per_strength=summary["per_strength"], timing=timing, weights_conversion=info.weights_conversion,
-        dec_modules=modules,
+        dec_modules=modules, weights_source=spec.weights_source,
     )
     if not settings.tta_scales:
         return [result]

@@ -19,6 +19,7 @@ from dec_cli.evaluate import EvalSettings, ModelSpec, ProgressFn, Report, evalua
 from dec_cli.metrics import Threshold
 from dec_cli.report import check_writable
 from dec_cli.reportpath import check_report_path
+from dec_cli.weightsource import PRETRAINED, weights_source
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Reports:
 
 
 def plan_evaluation(models: Sequence[str], data: Optional[str], settings: EvalSettings, *,
-                    weights: Sequence[str] = (), pretrained: bool = False, thresholds: Sequence[Threshold] = (),
+                    weights: Sequence[str] = (), pretrained: bool = False, random_init: bool = False, thresholds: Sequence[Threshold] = (),
                     reports: Optional[Reports] = None) -> EvalJob:
     """The job the command line describes; no models and no data: the bundled digits demo."""
     (reports or Reports()).check(models, weights, data, settings.class_map)
@@ -72,17 +73,30 @@ def plan_evaluation(models: Sequence[str], data: Optional[str], settings: EvalSe
         raise UsageError("no MODEL given", "pass DEC checkpoints or timm names before --data")
     elif data is None:
         raise UsageError("no --data DIR given", "pass --data DIR with one subfolder per class")
-    return EvalJob(_model_specs(models, list(weights), pretrained), data, settings, list(thresholds), is_demo)
+    return EvalJob(_model_specs(models, list(weights), pretrained, random_init), data, settings, list(thresholds), is_demo)
 
 
-def _model_specs(models: list[str], weights: list[str], pretrained: bool) -> list[ModelSpec]:
-    """One spec per model; the i-th ``--weights`` file goes to the i-th timm name (checkpoints carry their own)."""
+def _model_specs(models: list[str], weights: list[str], pretrained: bool, random_init: bool) -> list[ModelSpec]:
+    """One spec per model; the i-th ``--weights`` file goes to the i-th timm name (checkpoints carry their own).
+
+    Timm names without a file take ``--pretrained`` or ``--random-init``; with neither, a usage error
+    (`dec_cli.weightsource`): a silently random network would report near-perfect consistency.
+    """
     names = [m for m in models if not Path(m).is_file()]
     if len(weights) > len(names):
         raise UsageError(f"{len(weights)} --weights file(s) but only {len(names)} timm-name MODEL(s)",
                          "checkpoints carry their own weights; give one --weights per timm name")
+    if not names and (pretrained or random_init):
+        weights_source(models[0], is_checkpoint=True, weights=None, pretrained=pretrained, random_init=random_init)
     given = dict(zip(names, weights))
-    return [ModelSpec(m, weights=given.get(m) if m in names else None, pretrained=pretrained) for m in models]
+    specs = []
+    for m in models:
+        own = given.get(m)
+        source = weights_source(m, is_checkpoint=m not in names, weights=own,
+                                pretrained=pretrained and m in names and own is None,
+                                random_init=random_init and m in names and own is None)
+        specs.append(ModelSpec(m, weights=own, pretrained=source == PRETRAINED, weights_source=source))
+    return specs
 
 
 def run_evaluation(job: EvalJob, progress: Optional[ProgressFn] = None) -> tuple[Report, bool]:

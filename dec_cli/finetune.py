@@ -32,6 +32,7 @@ from dec_cli.modelinfo import info_of, input_size, set_info
 from dec_cli.randomwarp import MAX_GRID, MAX_ROWS, key_seed
 from dec_cli.rundir import RunFolder
 from dec_cli.trainer import EventFn, Trainer, TrainInputs
+from dec_cli.weightsource import CHECKPOINT, weights_source
 
 
 def check_options(cfg: FinetuneConfig) -> None:
@@ -115,10 +116,9 @@ def prepare_model(ckpt: str, classes: list[str], cfg: FinetuneConfig) -> tuple[n
     The data's classes must equal the checkpoint's (names, or the output count
     for models without names) unless ``--num-classes`` asks for a new head.
     """
-    if Path(ckpt).is_file():
-        if cfg.weights is not None or cfg.pretrained:
-            raise UsageError("--weights/--pretrained apply to timm model names, not to checkpoints",
-                             "drop them: the checkpoint holds its own weights")
+    source = weights_source(ckpt, is_checkpoint=Path(ckpt).is_file(), weights=cfg.weights,
+                            pretrained=cfg.pretrained, random_init=cfg.random_init)
+    if source == CHECKPOINT:
         model = load_model(ckpt, device="cpu")
     else:
         model = create_backbone(ckpt, weights=cfg.weights, pretrained=cfg.pretrained, img_size=cfg.img_size)

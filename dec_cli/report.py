@@ -64,6 +64,7 @@ class ModelResult:
     timing: dict[str, Any]
     weights_conversion: Optional[dict[str, Any]] = None  # --weights renamed from a foreign key layout
     dec_modules: list[dict[str, Any]] = field(default_factory=list)  # dec_cli.diagnostics.summarize_dec
+    weights_source: str = "checkpoint"  # checkpoint, pretrained, random-init or the --weights FILE
 
 
 @dataclass
