@@ -37,11 +37,20 @@ def read_header(path: Union[str, Path]) -> dict[str, Any]:
             header = json.loads(f.read(length).decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        if 8 + length + _data_length(header) != path.stat().st_size:
+            raise ValueError("file size does not match its header: truncated or extended")
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
         raise DecError(f"{path} is not a readable safetensors file ({reason})",
                        "the file is corrupt or truncated, or not a dec checkpoint") from None
     return header
+
+
+def _data_length(header: dict[str, Any]) -> int:
+    """Bytes of tensor data the header describes (the largest end offset)."""
+    ends = [int(entry["data_offsets"][1]) for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
+    return max(ends, default=0)
 
 
 def read_metadata(path: Union[str, Path]) -> dict[str, Any]:

@@ -23,13 +23,16 @@ from rich.console import Console
 from dec_cli.version import __version__
 from dec_cli.errors import DecError, UsageError
 from dec_cli.finetune_options import CliOption, cli_options
+from dec_cli.helptext import keep_app_examples
 from dec_cli.reportpath import check_report_path
 
 app = typer.Typer(
     name="dec",
     help="Evaluate and improve how image classifiers cope with local scale changes.",
     no_args_is_help=True,
-    add_completion=False,
+    # Plain click help: every character shows (no Rich markup eats "[x0,y0,x1,y1]"), lines wrap at 80
+    # columns instead of truncating, flags carry no "<bool>" metavar. Shell completion is Typer's own.
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -195,12 +198,15 @@ def evaluate_cmd(
     """
     from dec_cli.failif import parse_fail_if
     from dec_cli.ttascales import parse_tta_scales
+    from dec_cli.weightsource import assign_sources
 
     # Option errors first, before torch loads (seconds), so that a typo answers at once.
     thresholds = [parse_fail_if(expr) for expr in (fail_if or [])]
     tta = parse_tta_scales(tta_scales) if tta_scales is not None else ()
     lo_hi = _scale_range(scale_range)
     _require_data(data)
+    if data is not None:  # (without --data: that is the error to report, or the demo)
+        assign_sources(models or [], weights or [], pretrained=pretrained, random_init=random_init)
     from dec_cli.cli_render import console_for, named_tasks, progress_bar, render_evaluation
     from dec_cli.evaluate import EvalSettings
     from dec_cli.evaluate_job import Reports, plan_evaluation, run_evaluation
@@ -268,6 +274,8 @@ def finetune_cmd(
     from dec_cli.cli_render import console_for, emit_json, finetune_events, finetune_summary, progress_bar
     from dec_cli.finetune_options import command_line_options, command_text
 
+    check_report_path(json_dest, "--json", trees=[("DATA", data), ("--val", options["val"])],
+                      files=[("CKPT", ckpt), ("--weights", options["weights"]), ("--config", config)])
     typed = {k: v for k, v in options.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
     chosen = command_line_options(typed, config)
     _require_data(data, "DATA must hold train/ and val/ ImageFolder trees")
@@ -276,9 +284,7 @@ def finetune_cmd(
     from dec_cli.finetune import finetune
     from dec_cli.rundir import OUTPUT_NAMES
 
-    check_report_path(json_dest, "--json", trees=[("DATA", data), ("--val", options["val"])],
-                      files=[("CKPT", ckpt), ("--weights", options["weights"]), ("--config", config)],
-                      root=out_dir, names=OUTPUT_NAMES)
+    check_report_path(json_dest, "--json", root=out_dir, names=OUTPUT_NAMES)
     console = console_for(json_dest, quiet)
     bar = progress_bar(console, quiet, TextColumn("{task.fields[stats]}"))
     try:
@@ -495,6 +501,9 @@ def unwarp_cmd(
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+keep_app_examples(app)
 
 
 def _interrupted() -> None:

@@ -23,8 +23,12 @@ from dec_cli.files import json_text, write_json
 
 
 def console_for(json_dest: Optional[str], quiet: bool = False) -> Console:
-    """Console for human output; moves to stderr when JSON goes to stdout."""
-    return Console(stderr=(json_dest == "-"), quiet=quiet, highlight=False)
+    """Console for human output; moves to stderr when JSON goes to stdout.
+
+    Lines are never wrapped by Rich (``soft_wrap``): a hint holding a command stays one line that can
+    be copied, also when stdout is a file or a pipe (Rich would wrap at 80 columns there).
+    """
+    return Console(stderr=(json_dest == "-"), quiet=quiet, highlight=False, soft_wrap=True)
 
 
 def progress_bar(console: Console, quiet: bool, *extra_columns: Any) -> Progress:

@@ -19,7 +19,7 @@ from dec_cli.evaluate import EvalSettings, ModelSpec, ProgressFn, Report, evalua
 from dec_cli.metrics import Threshold
 from dec_cli.report import check_writable
 from dec_cli.reportpath import check_report_path
-from dec_cli.weightsource import PRETRAINED, weights_source
+from dec_cli.weightsource import PRETRAINED, assign_sources
 
 
 @dataclass
@@ -82,21 +82,8 @@ def _model_specs(models: list[str], weights: list[str], pretrained: bool, random
     Timm names without a file take ``--pretrained`` or ``--random-init``; with neither, a usage error
     (`dec_cli.weightsource`): a silently random network would report near-perfect consistency.
     """
-    names = [m for m in models if not Path(m).is_file()]
-    if len(weights) > len(names):
-        raise UsageError(f"{len(weights)} --weights file(s) but only {len(names)} timm-name MODEL(s)",
-                         "checkpoints carry their own weights; give one --weights per timm name")
-    if not names and (pretrained or random_init):
-        weights_source(models[0], is_checkpoint=True, weights=None, pretrained=pretrained, random_init=random_init)
-    given = dict(zip(names, weights))
-    specs = []
-    for m in models:
-        own = given.get(m)
-        source = weights_source(m, is_checkpoint=m not in names, weights=own,
-                                pretrained=pretrained and m in names and own is None,
-                                random_init=random_init and m in names and own is None)
-        specs.append(ModelSpec(m, weights=own, pretrained=source == PRETRAINED, weights_source=source))
-    return specs
+    return [ModelSpec(m, weights=own, pretrained=source == PRETRAINED, weights_source=source)
+            for m, own, source in assign_sources(models, weights, pretrained=pretrained, random_init=random_init)]
 
 
 def run_evaluation(job: EvalJob, progress: Optional[ProgressFn] = None) -> tuple[Report, bool]:

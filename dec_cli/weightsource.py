@@ -10,7 +10,8 @@ carry their own weights and take none of the three.
 
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Sequence
 
 from dec_cli.errors import UsageError
 
@@ -41,3 +42,26 @@ def weights_source(model: str, *, is_checkpoint: bool, weights: Optional[str], p
     if weights is not None:
         return str(weights)
     return PRETRAINED if pretrained else RANDOM
+
+
+def assign_sources(models: Sequence[str], weights: Sequence[str], *, pretrained: bool,
+                   random_init: bool) -> list[tuple[str, Optional[str], str]]:
+    """``dec evaluate``'s models with (model, its --weights FILE or None, its weights source).
+
+    The i-th ``--weights`` goes to the i-th timm name (checkpoints, existing files, carry their own);
+    the other timm names take ``--pretrained`` or ``--random-init``. Usage errors as `weights_source`.
+    """
+    names = [m for m in models if not Path(m).is_file()]
+    if len(weights) > len(names):
+        raise UsageError(f"{len(weights)} --weights file(s) but only {len(names)} timm-name MODEL(s)",
+                         "checkpoints carry their own weights; give one --weights per timm name")
+    if models and not names and (pretrained or random_init):
+        weights_source(models[0], is_checkpoint=True, weights=None, pretrained=pretrained, random_init=random_init)
+    given = dict(zip(names, weights))
+    out = []
+    for m in models:
+        own = given.get(m) if m in names else None
+        fallback = m in names and own is None
+        out.append((m, own, weights_source(m, is_checkpoint=m not in names, weights=own,
+                                           pretrained=pretrained and fallback, random_init=random_init and fallback)))
+    return out
