@@ -165,6 +165,9 @@ def evaluate_cmd(
                                     "(online)."),
     random_init: bool = typer.Option(False, "--random-init", help="Random weights for timm names without --weights "
                                      "(tests only: a random model's report means nothing)."),
+    name: Optional[list[str]] = typer.Option(None, "--name", metavar="NAME",
+                                             help="Report column of a MODEL (repeatable: the i-th names the i-th "
+                                                  "MODEL; default its file stem, or parent/stem when stems collide)."),
     class_map: Optional[str] = typer.Option(None, "--class-map", metavar="FILE",
                                             help="Class names in model output order (one per line, or JSON)."),
     img_size: Optional[int] = typer.Option(None, "--img-size", metavar="PX", help="Override the input size."),
@@ -177,7 +180,7 @@ def evaluate_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the random warps (per image, by relative path)."),
     json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write the JSON report."),
     markdown: Optional[str] = typer.Option(None, "--markdown", metavar="PATH", help="Write a Markdown report."),
-    plot: Optional[str] = typer.Option(None, "--plot", metavar="PATH.png",
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="PATH.png|.svg|.pdf",
                                        help="Plot accuracy and consistency against zoom or warp strength."),
     fail_if: Optional[list[str]] = typer.Option(None, "--fail-if", metavar="EXPR",
                                                 help="Exit 1 when a rule holds, e.g. 'top1<0.70' (repeatable)."),
@@ -216,7 +219,7 @@ def evaluate_cmd(
                             limit=limit, batch_size=batch_size, workers=workers, device=device, amp=amp,
                             compile=compile_, class_map=class_map, no_labels=no_labels, tta_scales=tta)
     job = plan_evaluation(models or [], data, settings, weights=weights or [], pretrained=pretrained,
-                          random_init=random_init,
+                          random_init=random_init, names=name or [],
                           thresholds=thresholds, reports=Reports(json_dest, markdown, plot))
     console = console_for(json_dest, quiet)
     bar = progress_bar(console, quiet)

@@ -29,6 +29,7 @@ from dec_cli.memory import EVAL_ACTIVATIONS, check_batch_fits
 from dec_cli.metrics import (LABEL_METRICS, Threshold, batch_records, concat_records, sort_records, summarize,
                              warp_strength)
 from dec_cli.modelinfo import info_of, input_size
+from dec_cli.modelnames import default_names
 from dec_cli.report import ModelResult, Report
 from dec_cli.retrofit import dec_modules
 from dec_cli.tta import ScaleSearch, check_tta_scales
@@ -74,6 +75,7 @@ class ModelSpec:
     weights: Optional[str] = None
     pretrained: bool = False
     weights_source: str = "checkpoint"  # dec_cli.weightsource: checkpoint, pretrained, random-init or the FILE
+    name: Optional[str] = None  # --name: the report's column (default: dec_cli.modelnames.default_names)
 
 
 # --------------------------------------------------------------------------- models
@@ -86,17 +88,9 @@ def load_for_eval(spec: ModelSpec, device: torch.device) -> torch.nn.Module:
 
 
 def display_names(specs: Sequence[ModelSpec]) -> list[str]:
-    """Short, unique names for the report: a checkpoint's file stem or the timm name."""
-    names = []
-    for spec in specs:
-        path = Path(spec.source)
-        names.append(path.stem if path.suffix and path.exists() else spec.source)
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if names.count(name) == 1 else f"{name}#{seen[name]}")
-    return out
+    """Short, unique names for the report: ``--name``, else a checkpoint's file stem or the timm name."""
+    defaults = default_names([s.source for s in specs])
+    return [spec.name or default for spec, default in zip(specs, defaults)]
 
 
 # --------------------------------------------------------------------------- warps

@@ -17,6 +17,8 @@ from dec_cli import distributed as D
 from dec_cli.errors import UsageError
 from dec_cli.evaluate import EvalSettings, ModelSpec, ProgressFn, Report, evaluate
 from dec_cli.metrics import Threshold
+from dec_cli.modelnames import report_names
+from dec_cli.plot import check_plot_path
 from dec_cli.report import check_writable
 from dec_cli.reportpath import check_report_path
 from dec_cli.weightsource import PRETRAINED, assign_sources
@@ -44,8 +46,7 @@ class Reports:
     def check(self, models: Sequence[str], weights: Sequence[str], data: Optional[str],
               class_map: Optional[str]) -> None:
         """Usage errors, before any work, for a report that cannot be written or would overwrite an input."""
-        if self.plot is not None and not self.plot.lower().endswith(".png"):
-            raise UsageError(f"--plot writes PNG; {self.plot!r} does not end in .png", "for example --plot report.png")
+        check_plot_path(self.plot)
         reports = ((self.json, "--json"), (self.markdown, "--markdown"), (self.plot, "--plot"))
         inputs = [("MODEL", m) for m in models if Path(m).is_file()] + [("--weights", w) for w in weights]
         for path, option in reports:
@@ -55,7 +56,8 @@ class Reports:
 
 
 def plan_evaluation(models: Sequence[str], data: Optional[str], settings: EvalSettings, *,
-                    weights: Sequence[str] = (), pretrained: bool = False, random_init: bool = False, thresholds: Sequence[Threshold] = (),
+                    weights: Sequence[str] = (), pretrained: bool = False, random_init: bool = False,
+                    names: Sequence[str] = (), thresholds: Sequence[Threshold] = (),
                     reports: Optional[Reports] = None) -> EvalJob:
     """The job the command line describes; no models and no data: the bundled digits demo."""
     (reports or Reports()).check(models, weights, data, settings.class_map)
@@ -73,7 +75,10 @@ def plan_evaluation(models: Sequence[str], data: Optional[str], settings: EvalSe
         raise UsageError("no MODEL given", "pass DEC checkpoints or timm names before --data")
     elif data is None:
         raise UsageError("no --data DIR given", "pass --data DIR with one subfolder per class")
-    return EvalJob(_model_specs(models, list(weights), pretrained, random_init), data, settings, list(thresholds), is_demo)
+    specs = _model_specs(models, list(weights), pretrained, random_init)
+    for spec, name in zip(specs, report_names(models, names)):
+        spec.name = name
+    return EvalJob(specs, data, settings, list(thresholds), is_demo)
 
 
 def _model_specs(models: list[str], weights: list[str], pretrained: bool, random_init: bool) -> list[ModelSpec]:

@@ -348,7 +348,7 @@ def test_usage_errors(run_dec, assets, tmp_path):
     no_model = run_dec("evaluate", "--data", assets["tree"])
     assert no_model.code == 2 and "no MODEL" in no_model.err
     bad_plot = run_dec("evaluate", "test_resnet", "--random-init", "--data", assets["tree"], "--plot", tmp_path / "x.jpg")
-    assert bad_plot.code == 2 and ".png" in bad_plot.err
+    assert bad_plot.code == 2 and ".png" in bad_plot.err and ".svg" in bad_plot.err and ".pdf" in bad_plot.err
     bad_range = run_dec("evaluate", "test_resnet", "--data", assets["tree"], "--scale-range", "1.2,0.8")
     assert bad_range.code == 2
     too_many = run_dec("evaluate", assets["ckpt"], "--weights", assets["weights"], "--data", assets["tree"])
