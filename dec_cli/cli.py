@@ -406,6 +406,13 @@ def _floats(text: Optional[str], option: str, example: str, count: Optional[int]
     return values
 
 
+def _not_written(bad: list[dict]) -> str:
+    """The exit line of a warp with bad files, naming their cause when they share one."""
+    reasons = {item["reason"] for item in bad}
+    cause = f" ({next(iter(reasons))})" if len(reasons) == 1 else ", each for the reason listed above"
+    return f"{len(bad)} file(s) not written{cause}; the rest were written"
+
+
 @app.command("warp")
 def warp_cmd(
     src: str = typer.Argument(..., metavar="SRC", help="Folder of images (walked recursively)."),
@@ -468,8 +475,7 @@ def warp_cmd(
                             boxes=boxes, workers=workers, overwrite=overwrite, resume=resume, json_path=json_dest)
     tree_report(console, summary, json_dest, workers)
     if summary.bad and not skip_bad:
-        raise DecError(f"{len(summary.bad)} file(s) could not be read (listed above); the rest were written",
-                       "pass --skip-bad to exit 0 anyway")
+        raise DecError(_not_written(summary.bad), "pass --skip-bad to exit 0 anyway")
 
 
 @app.command("unwarp")
