@@ -24,10 +24,8 @@ def _default(source: str, parents: int) -> str:
 
 def default_names(sources: Sequence[str]) -> list[str]:
     """Distinct names for ``sources``: file stems, with the parent folder where stems collide."""
-    names = [_default(s, 0) for s in sources]
-    for i, name in enumerate(names):
-        if names.count(name) > 1 and Path(sources[i]).exists():
-            names[i] = _default(sources[i], 1)
+    stems = [_default(s, 0) for s in sources]
+    names = [_default(s, 1) if stems.count(stem) > 1 else stem for s, stem in zip(sources, stems)]
     seen: dict[str, int] = {}
     out = []
     for name in names:

@@ -51,7 +51,10 @@ def _title(report: Any) -> str:
     d = report.data
     what = (f"zoom sweep of {d['root']}, consistency against zoom 1" if d["zoom_sweep"]
             else f"random warps of {d['root']}, consistency against the unwarped image")
-    return f"{what} ({d['evaluated']} images{'' if d.get('labels', True) else ', no labels'})"
+    zooms = len(d.get("zooms") or [])
+    count = (f"{d['evaluated'] // zooms} images x {zooms} zoom factors" if d["zoom_sweep"] and zooms
+             and d["evaluated"] % zooms == 0 else f"{d['evaluated']} images")
+    return f"{what} ({count}{'' if d.get('labels', True) else ', no labels'})"
 
 
 def _panel(ax: Any, xs: list[float], series: Series, pick: int, ylabel: str, zoom: bool) -> None:
