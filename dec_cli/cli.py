@@ -182,6 +182,9 @@ def evaluate_cmd(
     markdown: Optional[str] = typer.Option(None, "--markdown", metavar="PATH", help="Write a Markdown report."),
     plot: Optional[str] = typer.Option(None, "--plot", metavar="PATH.png|.svg|.pdf",
                                        help="Plot accuracy and consistency against zoom or warp strength."),
+    predictions: Optional[str] = typer.Option(None, "--predictions", metavar="FILE.csv",
+                                              help="Write every image's top-5 classes and probabilities, clean "
+                                                   "and per warp or zoom, one row each."),
     fail_if: Optional[list[str]] = typer.Option(None, "--fail-if", metavar="EXPR",
                                                 help="Exit 1 when a rule holds, e.g. 'top1<0.70' (repeatable)."),
     tta_scales: Optional[str] = typer.Option(None, "--tta-scales", metavar="S1,S2,...",
@@ -217,10 +220,11 @@ def evaluate_cmd(
 
     settings = EvalSettings(warps=warps, scale_range=lo_hi, grid=grid, rows=rows, seed=seed, img_size=img_size,
                             limit=limit, batch_size=batch_size, workers=workers, device=device, amp=amp,
-                            compile=compile_, class_map=class_map, no_labels=no_labels, tta_scales=tta)
+                            compile=compile_, class_map=class_map, no_labels=no_labels, tta_scales=tta,
+                            predictions=predictions is not None)
     job = plan_evaluation(models or [], data, settings, weights=weights or [], pretrained=pretrained,
                           random_init=random_init, names=name or [],
-                          thresholds=thresholds, reports=Reports(json_dest, markdown, plot))
+                          thresholds=thresholds, reports=Reports(json_dest, markdown, plot, predictions))
     console = console_for(json_dest, quiet)
     bar = progress_bar(console, quiet)
     try:
@@ -228,7 +232,8 @@ def evaluate_cmd(
     finally:
         bar.stop()
     if is_main:
-        render_evaluation(console, report, json_dest, markdown=markdown, plot=plot, demo=job.demo)
+        render_evaluation(console, report, json_dest, markdown=markdown, plot=plot, predictions=predictions,
+                          demo=job.demo)
     if report.failed:
         raise DecError(failure_message(report.failed), "the model is below the --fail-if threshold(s)")
 

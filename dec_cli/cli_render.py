@@ -99,7 +99,7 @@ def named_tasks(bar: Progress) -> Callable[[str, int, int], None]:
 
 
 def render_evaluation(console: Console, report: Any, json_dest: Optional[str], *, markdown: Optional[str],
-                      plot: Optional[str], demo: bool) -> None:
+                      plot: Optional[str], demo: bool, predictions: Optional[str] = None) -> None:
     """Tables on the console, then the JSON, Markdown and plot reports (rank 0)."""
     from dec_cli.report import render_tables, write_outputs
 
@@ -107,7 +107,7 @@ def render_evaluation(console: Console, report: Any, json_dest: Optional[str], *
         print_conversion(console, m.weights_conversion)
     render_tables(report, console)
     emit_json(report.to_dict(), json_dest)
-    for path in write_outputs(report, markdown=markdown, plot=plot):
+    for path in write_outputs(report, markdown=markdown, plot=plot, predictions=predictions):
         console.print(f"wrote {path}", markup=False)
     if demo:
         console.print("This was the bundled digits demo. On your own model and data:\n"

@@ -30,6 +30,7 @@ from dec_cli.metrics import (LABEL_METRICS, Threshold, batch_records, concat_rec
                              warp_strength)
 from dec_cli.modelinfo import info_of, input_size
 from dec_cli.modelnames import default_names
+from dec_cli.predictions import class_names_for, prediction_rows, top_records
 from dec_cli.report import ModelResult, Report
 from dec_cli.retrofit import dec_modules
 from dec_cli.tta import ScaleSearch, check_tta_scales
@@ -61,6 +62,7 @@ class EvalSettings:
     class_map: Optional[str] = None
     no_labels: bool = False  # compare with the model's own clean predictions even on a labelled tree
     tta_scales: tuple[float, ...] = ()  # non-empty: also report NAME+tta (dec_cli.tta.ScaleSearch)
+    predictions: bool = False  # keep every view's top-5 for --predictions (dec_cli.predictions)
 
     def __post_init__(self) -> None:
         # A plain (lo, hi) pair from Python goes through ScaleRange's one check (ValueError if out of bounds).
@@ -194,6 +196,7 @@ class _Run:
     progress: Optional[ProgressFn]
     warp_cache: dict[str, Warp] = field(default_factory=dict)
     unreadable: dict[int, str] = field(default_factory=dict)  # sample index -> reason, over all models
+    predictions: list[list[str]] = field(default_factory=list)  # --predictions CSV rows, all models
 
     def summarize(self, records: dict[str, np.ndarray]) -> dict[str, Any]:
         """Metrics, per-zoom and per-strength rows of one model's records."""
@@ -265,6 +268,9 @@ def _evaluate_model(run: _Run, spec: ModelSpec, name: str) -> list[ModelResult]:
                                                      [b for _, b in blocks]))
     _note_unreadable(run, errors)
     summary = run.summarize(records)
+    if settings.predictions and len(records["index"]):
+        names = class_names_for(int(info.num_classes), info.class_names, settings.class_map)
+        run.predictions += prediction_rows(name, data.samples, data.classes, records, names)
     canon_error, modules = summarize_dec(sort_records(records), [p for p, _ in blocks]) if blocks else (None, [])
     result = ModelResult(
         name=name, source=spec.source, model_name=info.model_name, dec=info.dec,
@@ -314,6 +320,7 @@ def _report(run: _Run, results: list[ModelResult]) -> Report:
         },
         models=results,
         unreadable=bad,
+        predictions=run.predictions,
     )
 
 
@@ -404,6 +411,10 @@ def _batch_records(run: _Run, job: _Pass, probe: Optional[Probe], batch: Any) ->
         warped = torch.cat(chunks).view(b, k, -1)
     rec = batch_records(clean, batch.labels, warped, strength)
     rec["index"] = batch.indices.numpy().astype(np.int64)
+    if settings.predictions:
+        rec.update(top_records(clean))
+        if warped is not None:
+            rec.update(top_records(warped, "w"))
     if probe:
         rec.update(probe.records())
     if job.decs and all(r is not None for r in res):

@@ -19,6 +19,7 @@ from dec_cli.evaluate import EvalSettings, ModelSpec, ProgressFn, Report, evalua
 from dec_cli.metrics import Threshold
 from dec_cli.modelnames import report_names
 from dec_cli.plot import check_plot_path
+from dec_cli.predictions import check_predictions_path
 from dec_cli.report import check_writable
 from dec_cli.reportpath import check_report_path
 from dec_cli.weightsource import PRETRAINED, assign_sources
@@ -42,12 +43,15 @@ class Reports:
     json: Optional[str] = None
     markdown: Optional[str] = None
     plot: Optional[str] = None
+    predictions: Optional[str] = None
 
     def check(self, models: Sequence[str], weights: Sequence[str], data: Optional[str],
               class_map: Optional[str]) -> None:
         """Usage errors, before any work, for a report that cannot be written or would overwrite an input."""
         check_plot_path(self.plot)
-        reports = ((self.json, "--json"), (self.markdown, "--markdown"), (self.plot, "--plot"))
+        check_predictions_path(self.predictions)
+        reports = ((self.json, "--json"), (self.markdown, "--markdown"), (self.plot, "--plot"),
+                   (self.predictions, "--predictions"))
         inputs = [("MODEL", m) for m in models if Path(m).is_file()] + [("--weights", w) for w in weights]
         for path, option in reports:
             check_writable(path, option)

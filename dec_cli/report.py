@@ -75,6 +75,7 @@ class Report:
     models: list[ModelResult]
     unreadable: list[dict[str, str]] = field(default_factory=list)
     fail_if: list[dict[str, Any]] = field(default_factory=list)
+    predictions: list[list[str]] = field(default_factory=list)  # --predictions rows; not in the JSON
 
     @property
     def zoom_sweep(self) -> bool:
@@ -268,7 +269,8 @@ def check_writable(path: Optional[str], option: str) -> None:
                          "choose a writable location")
 
 
-def write_outputs(report: Report, *, markdown: Optional[str] = None, plot: Optional[str] = None) -> list[str]:
+def write_outputs(report: Report, *, markdown: Optional[str] = None, plot: Optional[str] = None,
+                  predictions: Optional[str] = None) -> list[str]:
     """Write the Markdown and plot (PNG, SVG or PDF) outputs that were asked for; returns the paths written."""
     written = []
     if markdown:
@@ -279,6 +281,11 @@ def write_outputs(report: Report, *, markdown: Optional[str] = None, plot: Optio
 
         write_plot(report, plot)
         written.append(plot)
+    if predictions:
+        from dec_cli.predictions import write_predictions
+
+        write_predictions(report.predictions, predictions)
+        written.append(predictions)
     return written
 
 
