@@ -49,12 +49,13 @@ def plot_series(report: Any) -> tuple[str, list[float], Series]:
 
 def _title(report: Any) -> str:
     d = report.data
-    what = (f"zoom sweep of {d['root']}, consistency against zoom 1" if d["zoom_sweep"]
-            else f"random warps of {d['root']}, consistency against the unwarped image")
+    what, reference = ((f"zoom sweep of {d['root']}", "consistency: agreement with zoom 1 (the original image)")
+                       if d["zoom_sweep"] else
+                       (f"random warps of {d['root']}", "consistency: agreement with the unwarped image"))
     zooms = len(d.get("zooms") or [])
     count = (f"{d['evaluated'] // zooms} images x {zooms} zoom factors" if d["zoom_sweep"] and zooms
              and d["evaluated"] % zooms == 0 else f"{d['evaluated']} images")
-    return f"{what} ({count}{'' if d.get('labels', True) else ', no labels'})"
+    return f"{what} ({count}{'' if d.get('labels', True) else ', no labels'})\n{reference}"
 
 
 def _panel(ax: Any, xs: list[float], series: Series, pick: int, ylabel: str, zoom: bool) -> None:

@@ -51,7 +51,7 @@ def test_svg_names_axes_units_data_reference_and_each_model(tmp_path):
     write_plot(_report(zoom=True), svg)
     text = svg.read_text()
     for needle in ("top-1 accuracy (%)", "consistency with zoom 1 (% of images)", "zoom factor (1 = the original",
-                   "photos-zoom", "against zoom 1", "plain", "dec"):
+                   "photos-zoom", "agreement with zoom 1", "plain", "dec"):
         assert needle in text, needle
     # coinciding lines keep distinct markers: one marker definition per model at least
     assert text.count("<defs>") >= 1 and text.count('id="m') >= 2
