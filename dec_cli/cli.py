@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 import sys
 import warnings
-from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 import typer
@@ -24,6 +23,7 @@ from dec_cli.version import __version__
 from dec_cli.errors import DecError, UsageError
 from dec_cli.finetune_options import CliOption, cli_options
 from dec_cli.helptext import keep_app_examples
+from dec_cli.precheck import not_written, require_data, require_src, weights_chosen
 from dec_cli.reportpath import check_report_path
 
 app = typer.Typer(
@@ -77,24 +77,6 @@ def _scale_range(text: str, option: str = "--scale-range", example: str = "0.75,
         return ScaleRange.parse(text)
     except ValueError as exc:
         raise UsageError(f"{option}: {exc}" if named else str(exc), f"for example {option} {example}") from None
-
-
-def _require_data(data: Optional[str], hint: str = "pass --data DIR with one subfolder per class") -> None:
-    """A named data folder that does not exist is a usage error, found before torch loads."""
-    import os
-
-    if data is not None and not os.path.exists(data):
-        raise UsageError(f"data directory {data} does not exist", hint)
-
-
-def _weights_chosen(model: str, chosen: dict[str, Any]) -> None:
-    """`dec_cli.weightsource`'s rule on a finetune's options (a timm name needs a source of weights)."""
-    import os
-
-    from dec_cli.weightsource import weights_source
-
-    weights_source(model, is_checkpoint=os.path.isfile(model), weights=chosen.get("weights"),
-                   pretrained=bool(chosen.get("pretrained")), random_init=bool(chosen.get("random_init")))
 
 
 # --------------------------------------------------------------------------- dec digits
@@ -210,7 +192,7 @@ def evaluate_cmd(
     thresholds = [parse_fail_if(expr) for expr in (fail_if or [])]
     tta = parse_tta_scales(tta_scales) if tta_scales is not None else ()
     lo_hi = _scale_range(scale_range)
-    _require_data(data)
+    require_data(data)
     if data is not None:  # (without --data: that is the error to report, or the demo)
         assign_sources(models or [], weights or [], pretrained=pretrained, random_init=random_init)
     from dec_cli.cli_render import console_for, named_tasks, progress_bar, render_evaluation
@@ -286,9 +268,9 @@ def finetune_cmd(
                       files=[("CKPT", ckpt), ("--weights", options["weights"]), ("--config", config)])
     typed = {k: v for k, v in options.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
     chosen = command_line_options(typed, config)
-    _require_data(data, "DATA must hold train/ and val/ ImageFolder trees")
+    require_data(data, "DATA must hold train/ and val/ ImageFolder trees")
     if not resume:  # before torch loads; a resumed run takes its weights from the run folder
-        _weights_chosen(ckpt, chosen)
+        weights_chosen(ckpt, chosen)
     from dec_cli.finetune import finetune
     from dec_cli.rundir import OUTPUT_NAMES
 
@@ -411,13 +393,6 @@ def _floats(text: Optional[str], option: str, example: str, count: Optional[int]
     return values
 
 
-def _not_written(bad: list[dict]) -> str:
-    """The exit line of a warp with bad files, naming their cause when they share one."""
-    reasons = {item["reason"] for item in bad}
-    cause = f" ({next(iter(reasons))})" if len(reasons) == 1 else ", each for the reason listed above"
-    return f"{len(bad)} file(s) not written{cause}; the rest were written"
-
-
 @app.command("warp")
 def warp_cmd(
     src: str = typer.Argument(..., metavar="SRC", help="Folder of images (walked recursively)."),
@@ -455,8 +430,7 @@ def warp_cmd(
 
     On each object: dec warp photos/ zoomed/ --zoom 0.8,1,1.25 --center object --boxes boxes.json
     """
-    if not Path(src).exists():  # what run_warp says too, but before torch loads
-        raise UsageError(f"SRC {src} does not exist", "give a folder of images")
+    require_src(src)
     lo_hi = _scale_range(scale_range)
     zooms = _floats(zoom, "--zoom", "0.8,1,1.25")
     centre = "object" if center == "object" else _floats(center, "--center", "0.5,0.5", count=2)
@@ -480,7 +454,7 @@ def warp_cmd(
                             boxes=boxes, workers=workers, overwrite=overwrite, resume=resume, json_path=json_dest)
     tree_report(console, summary, json_dest, workers)
     if summary.bad and not skip_bad:
-        raise DecError(_not_written(summary.bad), "pass --skip-bad to exit 0 anyway")
+        raise DecError(not_written(summary.bad), "pass --skip-bad to exit 0 anyway")
 
 
 @app.command("unwarp")

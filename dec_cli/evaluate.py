@@ -30,7 +30,7 @@ from dec_cli.metrics import (LABEL_METRICS, Threshold, batch_records, concat_rec
                              warp_strength)
 from dec_cli.modelinfo import info_of, input_size
 from dec_cli.modelnames import default_names
-from dec_cli.predictions import class_names_for, prediction_rows, top_records
+from dec_cli.predictions import model_rows, view_records
 from dec_cli.report import ModelResult, Report
 from dec_cli.retrofit import dec_modules
 from dec_cli.tta import ScaleSearch, check_tta_scales
@@ -268,9 +268,7 @@ def _evaluate_model(run: _Run, spec: ModelSpec, name: str) -> list[ModelResult]:
                                                      [b for _, b in blocks]))
     _note_unreadable(run, errors)
     summary = run.summarize(records)
-    if settings.predictions and len(records["index"]):
-        names = class_names_for(int(info.num_classes), info.class_names, settings.class_map)
-        run.predictions += prediction_rows(name, data.samples, data.classes, records, names)
+    run.predictions += model_rows(name, data, records, info, settings.class_map) if settings.predictions else []
     canon_error, modules = summarize_dec(sort_records(records), [p for p, _ in blocks]) if blocks else (None, [])
     result = ModelResult(
         name=name, source=spec.source, model_name=info.model_name, dec=info.dec,
@@ -411,10 +409,7 @@ def _batch_records(run: _Run, job: _Pass, probe: Optional[Probe], batch: Any) ->
         warped = torch.cat(chunks).view(b, k, -1)
     rec = batch_records(clean, batch.labels, warped, strength)
     rec["index"] = batch.indices.numpy().astype(np.int64)
-    if settings.predictions:
-        rec.update(top_records(clean))
-        if warped is not None:
-            rec.update(top_records(warped, "w"))
+    rec.update(view_records(clean, warped) if settings.predictions else {})
     if probe:
         rec.update(probe.records())
     if job.decs and all(r is not None for r in res):

@@ -81,6 +81,20 @@ def prediction_rows(model: str, samples: Sequence[Any], classes: Sequence[str], 
     return rows
 
 
+def view_records(clean: Any, warped: Optional[Any]) -> dict[str, np.ndarray]:
+    """The top-5 records of a batch: ``top_*`` of the clean (B, C) logits, ``wtop_*`` of the (B, K, C) warped."""
+    return {**top_records(clean), **({} if warped is None else top_records(warped, "w"))}
+
+
+def model_rows(model: str, data: Any, records: dict[str, np.ndarray], info: Any,
+               class_map: Optional[str]) -> list[list[str]]:
+    """The rows of one model (``info``: its `DecInfo`), or none when no image was read."""
+    if not len(records.get("index", ())):
+        return []
+    names = class_names_for(int(info.num_classes), info.class_names, class_map)
+    return prediction_rows(model, data.samples, data.classes, records, names)
+
+
 def write_predictions(rows: Sequence[Sequence[str]], path: str | Path) -> None:
     """Write the header and ``rows`` atomically (the file appears whole or not at all)."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
