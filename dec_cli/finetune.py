@@ -110,12 +110,15 @@ def resolve_splits(data: str | Path, val: Optional[str | Path]) -> Splits:
 # --------------------------------------------------------------------------- model and classes
 
 
-def prepare_model(ckpt: str, classes: list[str], cfg: FinetuneConfig) -> tuple[nn.Module, bool]:
+def prepare_model(ckpt: str, classes: list[str], cfg: FinetuneConfig, *,
+                  resuming: bool = False) -> tuple[nn.Module, bool]:
     """Load CKPT and give it a head for ``classes``; returns (model, whether the head is new).
 
     The data's classes must equal the checkpoint's (names, or the output count
     for models without names) unless ``--num-classes`` asks for a new head.
     """
+    if resuming and not (cfg.weights or cfg.pretrained or Path(ckpt).is_file()):
+        cfg = replace(cfg, random_init=True)  # the run's saved weights replace the starting ones
     source = weights_source(ckpt, is_checkpoint=Path(ckpt).is_file(), weights=cfg.weights,
                             pretrained=cfg.pretrained, random_init=cfg.random_init)
     if source == CHECKPOINT:
@@ -176,7 +179,7 @@ def _prepare_inputs(ckpt: str, data: str, run: RunFolder, cfg: FinetuneConfig, d
     if cfg.img_size is not None:  # before the model: a ViT's position embedding grows with the size
         check_batch_fits(cfg.batch_size, (3, cfg.img_size, cfg.img_size), device, tensors=3 + TRAIN_ACTIVATIONS)
     torch.manual_seed(cfg.seed)
-    model, new_head = prepare_model(ckpt, classes, cfg)
+    model, new_head = prepare_model(ckpt, classes, cfg, resuming=run.state is not None)
     return TrainInputs(ckpt, data, splits, model, new_head, input_size(model, cfg.img_size))
 
 
