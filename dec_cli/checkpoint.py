@@ -19,11 +19,12 @@ from typing import Any, Optional, Union
 
 import timm
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from dec_cli.backbone import create, create_backbone, load_into, unwrap
+# The header reader is torch-free (dec info); re-exported here, where the checkpoint API lives.
+from dec_cli.ckptheader import FORMAT_VERSION, METADATA_KEY, checkpoint_summary, parse_metadata, read_metadata
 from dec_cli.errors import DecError, UsageError, first_line
 from dec_cli.files import atomic_path
 from dec_cli.metacheck import check_metadata, check_points
@@ -32,48 +33,10 @@ from dec_cli.retrofit import backbone_parameters, count_parameters, dec_modules,
 from dec_cli.version import __version__
 from dec_cli.weights import check_finite, read_safetensors
 
-FORMAT_VERSION = 1
-METADATA_KEY = "dec"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def read_metadata(path: Union[str, Path]) -> dict[str, Any]:
-    """The ``dec`` metadata of a checkpoint, validated (format version, JSON)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"no such checkpoint: {path}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-    except Exception as exc:
-        raise DecError(f"{path} is not a readable safetensors file ({first_line(exc)})",
-                       "the file is corrupt or truncated, or not a dec checkpoint") from None
-    return _parse_metadata(meta, path)
-
-
-def _parse_metadata(meta: dict[str, str], path: Path) -> dict[str, Any]:
-    if METADATA_KEY not in meta:
-        raise DecError(f"{path} is not a dec checkpoint (no '{METADATA_KEY}' metadata)",
-                       "for plain weights use the timm model name with --weights FILE")
-    try:
-        info = json.loads(meta[METADATA_KEY])
-    except json.JSONDecodeError:
-        raise DecError(f"{path}: checkpoint metadata is not valid JSON", "the file is damaged") from None
-    if not isinstance(info, dict):
-        raise DecError(f"{path}: checkpoint metadata is not a JSON object", "the file is damaged")
-    version = info.get("format_version")
-    if version is None:
-        raise DecError(f"{path}: checkpoint has no format version", "the file was not written by dec save_model")
-    if version != FORMAT_VERSION:
-        raise DecError(f"{path}: unknown checkpoint format version {version!r} (this dec reads {FORMAT_VERSION})",
-                       "upgrade dec or re-export the checkpoint")
-    if not info.get("model_name"):
-        raise DecError(f"{path}: checkpoint metadata names no timm model", "the file is damaged")
-    check_metadata(info, path)
-    return info
 
 
 def _looks_like_path(text: str) -> bool:
@@ -102,7 +65,7 @@ def load_model(path_or_timm_name: Union[str, Path], *, weights: Union[None, str,
 
 def _load_checkpoint(path: Path, *, num_classes: Optional[int], device: Union[str, torch.device]) -> nn.Module:
     tensors, meta = read_safetensors(path)
-    stored = DecInfo.from_dict(_parse_metadata(meta, path))
+    stored = DecInfo.from_dict(parse_metadata(meta, path))
     check_finite(tensors, str(path))
     if not timm.is_model(stored.model_name):
         raise DecError(f"{path}: names timm model {stored.model_name!r}, which timm {timm.__version__} does not have",
@@ -188,35 +151,3 @@ def save_model(model: nn.Module, path: Union[str, Path], **provenance: Any) -> P
         raise DecError(f"cannot write {path}: {exc.strerror or exc}", "check the folder exists and is writable") from None
     set_info(model, info)
     return path
-
-
-def checkpoint_summary(path: Union[str, Path]) -> dict[str, Any]:
-    """What a checkpoint holds, from its header only (no model is built): for ``dec info``."""
-    info = read_metadata(path)
-    total = dec = 0
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        for key in f.keys():
-            n = 1
-            for d in f.get_slice(key).get_shape():
-                n *= int(d)
-            total += n
-            if ".dec." in f".{key}":
-                dec += n
-    recipe = info.get("recipe") or {}
-    return {
-        "path": str(path),
-        "format_version": info["format_version"],
-        "model_name": info["model_name"],
-        "model_kwargs": info.get("model_kwargs") or {},
-        "num_classes": info.get("num_classes"),
-        "class_names": info.get("class_names"),
-        "img_size": info.get("img_size"),
-        "dec": bool(info.get("dec")),
-        "recipe": recipe.get("name"),
-        "mode": recipe.get("mode"),
-        "insertion_points": recipe.get("points") or [],
-        "dec_settings": info.get("dec_settings"),
-        "parameters": info.get("parameters") or {},
-        "stored_values": {"total": total, "dec": dec},
-        "provenance": info.get("provenance") or {},
-    }

@@ -23,13 +23,17 @@ from rich.console import Console
 from dec_cli.version import __version__
 from dec_cli.errors import DecError, UsageError
 from dec_cli.finetune_options import CliOption, cli_options
+from dec_cli.helptext import keep_app_examples
+from dec_cli.precheck import not_written, require_data, require_src, weights_chosen
 from dec_cli.reportpath import check_report_path
 
 app = typer.Typer(
     name="dec",
     help="Evaluate and improve how image classifiers cope with local scale changes.",
     no_args_is_help=True,
-    add_completion=False,
+    # Plain click help: every character shows (no Rich markup eats "[x0,y0,x1,y1]"), lines wrap at 80
+    # columns instead of truncating, flags carry no "<bool>" metavar. Shell completion is Typer's own.
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -140,7 +144,13 @@ def evaluate_cmd(
     weights: Optional[list[str]] = typer.Option(None, "--weights", metavar="FILE",
                                                 help="Weights for a timm-name MODEL (repeatable: the i-th goes "
                                                      "to the i-th timm name)."),
-    pretrained: bool = typer.Option(False, "--pretrained", help="timm's pretrained weights for timm names (online)."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="timm's hub weights for timm names without --weights "
+                                    "(online)."),
+    random_init: bool = typer.Option(False, "--random-init", help="Random weights for timm names without --weights "
+                                     "(tests only: a random model's report means nothing)."),
+    name: Optional[list[str]] = typer.Option(None, "--name", metavar="NAME",
+                                             help="Report column of a MODEL (repeatable: the i-th names the i-th "
+                                                  "MODEL; default its file stem, or parent/stem when stems collide)."),
     class_map: Optional[str] = typer.Option(None, "--class-map", metavar="FILE",
                                             help="Class names in model output order (one per line, or JSON)."),
     img_size: Optional[int] = typer.Option(None, "--img-size", metavar="PX", help="Override the input size."),
@@ -162,8 +172,11 @@ def evaluate_cmd(
     masks: Optional[str] = typer.Option(None, "--masks", metavar="DIR", help="Object masks named like the images."),
     json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write the JSON report."),
     markdown: Optional[str] = typer.Option(None, "--markdown", metavar="PATH", help="Write a Markdown report."),
-    plot: Optional[str] = typer.Option(None, "--plot", metavar="PATH.png",
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="PATH.png|.svg|.pdf",
                                        help="Plot accuracy and consistency against zoom or warp strength."),
+    predictions: Optional[str] = typer.Option(None, "--predictions", metavar="FILE.csv",
+                                              help="Write every image's top-5 classes and probabilities, clean "
+                                                   "and per warp or zoom, one row each."),
     fail_if: Optional[list[str]] = typer.Option(None, "--fail-if", metavar="EXPR",
                                                 help="Exit 1 when a rule holds, e.g. 'top1<0.70' (repeatable)."),
     tta_scales: Optional[str] = typer.Option(None, "--tta-scales", metavar="S1,S2,...",
@@ -183,22 +196,30 @@ def evaluate_cmd(
 
     Zoom sweep on the fly: dec evaluate resnet18 --data val --zoom 0.8,1,1.25 --center object --boxes val-xml/
     """
-    from dec_cli.cli_render import console_for, named_tasks, progress_bar, render_evaluation
-    from dec_cli.evaluate import EvalSettings
-    from dec_cli.evaluate_job import Reports, plan_evaluation, run_evaluation
-    from dec_cli.metrics import parse_fail_if
-    from dec_cli.report import failure_message
-    from dec_cli.tta import parse_tta_scales
+    from dec_cli.failif import parse_fail_if
+    from dec_cli.ttascales import parse_tta_scales
+    from dec_cli.weightsource import assign_sources
 
+    # Option errors first, before torch loads (seconds), so that a typo answers at once.
     thresholds = [parse_fail_if(expr) for expr in (fail_if or [])]
     tta = parse_tta_scales(tta_scales) if tta_scales is not None else ()
     lo_hi = _scale_range(scale_range)
     sweep = _eval_zoom(zoom, center, radius, boxes, masks)
+    require_data(data)
+    if data is not None:  # (without --data: that is the error to report, or the demo)
+        assign_sources(models or [], weights or [], pretrained=pretrained, random_init=random_init)
+    from dec_cli.cli_render import console_for, named_tasks, progress_bar, render_evaluation
+    from dec_cli.evaluate import EvalSettings
+    from dec_cli.evaluate_job import Reports, plan_evaluation, run_evaluation
+    from dec_cli.report import failure_message
+
     settings = EvalSettings(warps=warps, scale_range=lo_hi, grid=grid, rows=rows, seed=seed, img_size=img_size,
                             limit=limit, batch_size=batch_size, workers=workers, device=device, amp=amp,
-                            compile=compile_, class_map=class_map, no_labels=no_labels, tta_scales=tta, zoom=sweep)
+                            compile=compile_, class_map=class_map, no_labels=no_labels, tta_scales=tta, zoom=sweep,
+                            predictions=predictions is not None)
     job = plan_evaluation(models or [], data, settings, weights=weights or [], pretrained=pretrained,
-                          thresholds=thresholds, reports=Reports(json_dest, markdown, plot))
+                          random_init=random_init, names=name or [],
+                          thresholds=thresholds, reports=Reports(json_dest, markdown, plot, predictions))
     console = console_for(json_dest, quiet)
     bar = progress_bar(console, quiet)
     try:
@@ -206,7 +227,8 @@ def evaluate_cmd(
     finally:
         bar.stop()
     if is_main:
-        render_evaluation(console, report, json_dest, markdown=markdown, plot=plot, demo=job.demo)
+        render_evaluation(console, report, json_dest, markdown=markdown, plot=plot, predictions=predictions,
+                          demo=job.demo)
     if report.failed:
         raise DecError(failure_message(report.failed), "the model is below the --fail-if threshold(s)")
 
@@ -253,15 +275,19 @@ def finetune_cmd(
     from rich.progress import TextColumn
 
     from dec_cli.cli_render import console_for, emit_json, finetune_events, finetune_summary, progress_bar
-    from dec_cli.finetune import finetune
     from dec_cli.finetune_options import command_line_options, command_text
-    from dec_cli.rundir import OUTPUT_NAMES
 
     check_report_path(json_dest, "--json", trees=[("DATA", data), ("--val", options["val"])],
-                      files=[("CKPT", ckpt), ("--weights", options["weights"]), ("--config", config)],
-                      root=out_dir, names=OUTPUT_NAMES)
+                      files=[("CKPT", ckpt), ("--weights", options["weights"]), ("--config", config)])
     typed = {k: v for k, v in options.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
     chosen = command_line_options(typed, config)
+    require_data(data, "DATA must hold train/ and val/ ImageFolder trees")
+    if not resume:  # before torch loads; a resumed run takes its weights from the run folder
+        weights_chosen(ckpt, chosen)
+    from dec_cli.finetune import finetune
+    from dec_cli.rundir import OUTPUT_NAMES
+
+    check_report_path(json_dest, "--json", root=out_dir, names=OUTPUT_NAMES)
     console = console_for(json_dest, quiet)
     bar = progress_bar(console, quiet, TextColumn("{task.fields[stats]}"))
     try:
@@ -285,8 +311,8 @@ def retrofit_cmd(
     weights: Optional[str] = typer.Option(None, "--weights", metavar="FILE",
                                           help="Local weights (.safetensors, or a weights-only .pth/.bin state dict; "
                                                "efficientnet_pytorch keys are converted)."),
-    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
-                                              help="timm hub weights (default: on unless --weights is given)."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="timm's hub weights (online)."),
+    random_init: bool = typer.Option(False, "--random-init", help="Random backbone weights (tests, from scratch)."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="Classifier outputs (new head)."),
     img_size: Optional[int] = typer.Option(None, "--img-size", min=8, help="Input size of the backbone."),
     recipe: Optional[str] = typer.Option(None, "--recipe", metavar="NAME|FILE|auto",
@@ -316,7 +342,8 @@ def retrofit_cmd(
     from dec_cli.cli_render import console_for, emit_json, print_conversion, retrofit_summary
     from dec_cli.retrofit_job import RetrofitJob, run_retrofit
 
-    job = RetrofitJob(model, output, weights=weights, pretrained=pretrained, num_classes=num_classes,
+    job = RetrofitJob(model, output, weights=weights, pretrained=pretrained, random_init=random_init,
+                      num_classes=num_classes,
                       img_size=img_size, recipe=recipe, at=at, mode=mode, grid=grid, rows=rows, iters=iters,
                       solver=solver, hidden=hidden, channels=channels, seed=seed, force=force)
     job.check(json_dest)
@@ -337,7 +364,7 @@ def info_cmd(
 
     Example: dec info dec_vit_s.safetensors --json -
     """
-    from dec_cli.checkpoint import checkpoint_summary
+    from dec_cli.ckptheader import checkpoint_summary
     from dec_cli.cli_render import checkpoint_table, console_for, emit_json
 
     check_report_path(json_dest, "--json", files=[("CKPT", ckpt)])
@@ -355,7 +382,7 @@ def models_cmd(
     Example: dec models --json -
     """
     from dec_cli.cli_render import console_for, emit_json, recipes_table
-    from dec_cli.retrofit_job import recipe_catalogue
+    from dec_cli.catalogue import recipe_catalogue
 
     catalogue = recipe_catalogue()
     recipes_table(console_for(json_dest), catalogue)
@@ -434,17 +461,18 @@ def warp_cmd(
 
     On each object: dec warp photos/ zoomed/ --zoom 0.8,1,1.25 --center object --boxes boxes.json
     """
+    require_src(src)
+    lo_hi = _scale_range(scale_range)
+    zooms = _floats(zoom, "--zoom", "0.8,1,1.25")
+    centre = "object" if center == "object" else _floats(center, "--center", "0.5,0.5", count=2)
+    if centre is not None and zooms is None:
+        raise UsageError(f"--center {center} applies to --zoom sweeps only", "add --zoom Z1,Z2,...")
     from dec_cli.cli_render import console_for, run_tree_job, tree_report
     from dec_cli.folderwarp import run_warp
     from dec_cli.objects import OBJECT
     from dec_cli.report import check_writable
     from dec_cli.warpplan import WarpSettings
 
-    lo_hi = _scale_range(scale_range)
-    zooms = _floats(zoom, "--zoom", "0.8,1,1.25")
-    centre = OBJECT if center == OBJECT else _floats(center, "--center", "0.5,0.5", count=2)
-    if centre is not None and zooms is None:
-        raise UsageError(f"--center {center} applies to --zoom sweeps only", "add --zoom Z1,Z2,...")
     if radius is None and centre != OBJECT:
         radius = WarpSettings.radius
     settings = WarpSettings(seed=seed, scale_range=lo_hi, grid=grid, rows=rows, copies=copies,
@@ -457,8 +485,7 @@ def warp_cmd(
                             boxes=boxes, workers=workers, overwrite=overwrite, resume=resume, json_path=json_dest)
     tree_report(console, summary, json_dest, workers)
     if summary.bad and not skip_bad:
-        raise DecError(f"{len(summary.bad)} file(s) could not be read (listed above); the rest were written",
-                       "pass --skip-bad to exit 0 anyway")
+        raise DecError(not_written(summary.bad), "pass --skip-bad to exit 0 anyway")
 
 
 @app.command("unwarp")
@@ -493,6 +520,9 @@ def unwarp_cmd(
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+keep_app_examples(app)
 
 
 def _interrupted() -> None:

@@ -1,7 +1,8 @@
 """What the `dec` commands show: consoles, progress bars, result tables, one-line notes and JSON output.
 
 The command-line side of the package, imported by ``cli.py`` only (inside the
-commands, so that ``dec --help`` stays fast). Human output goes to stdout, or
+commands, so that ``dec --help`` stays fast). It imports no torch itself (what
+needs it is imported where used), so ``dec info`` and ``dec models`` start fast. Human output goes to stdout, or
 to stderr when ``--json -`` claims stdout; bad files are listed on stderr even
 under ``--quiet``, since they are what the exit code is about.
 """
@@ -19,13 +20,15 @@ from rich.text import Text
 
 from dec_cli.display import printable, shorten
 from dec_cli.files import json_text, write_json
-from dec_cli.foreign_weights import describe
-from dec_cli.report import render_tables, write_outputs
 
 
 def console_for(json_dest: Optional[str], quiet: bool = False) -> Console:
-    """Console for human output; moves to stderr when JSON goes to stdout."""
-    return Console(stderr=(json_dest == "-"), quiet=quiet, highlight=False)
+    """Console for human output; moves to stderr when JSON goes to stdout.
+
+    Lines are never wrapped by Rich (``soft_wrap``): a hint holding a command stays one line that can
+    be copied, also when stdout is a file or a pipe (Rich would wrap at 80 columns there).
+    """
+    return Console(stderr=(json_dest == "-"), quiet=quiet, highlight=False, soft_wrap=True)
 
 
 def progress_bar(console: Console, quiet: bool, *extra_columns: Any) -> Progress:
@@ -56,6 +59,8 @@ def emit_json(data: Any, destination: Optional[str]) -> None:
 def print_conversion(console: Console, conversion: Optional[dict]) -> None:
     """Say that --weights were renamed from a foreign key layout (one line; nothing when they were not)."""
     if conversion:
+        from dec_cli.foreign_weights import describe  # torch and timm: only when weights were converted
+
         console.print(describe(conversion), markup=False, soft_wrap=True)
 
 
@@ -94,13 +99,15 @@ def named_tasks(bar: Progress) -> Callable[[str, int, int], None]:
 
 
 def render_evaluation(console: Console, report: Any, json_dest: Optional[str], *, markdown: Optional[str],
-                      plot: Optional[str], demo: bool) -> None:
+                      plot: Optional[str], demo: bool, predictions: Optional[str] = None) -> None:
     """Tables on the console, then the JSON, Markdown and plot reports (rank 0)."""
+    from dec_cli.report import render_tables, write_outputs
+
     for m in report.models:
         print_conversion(console, m.weights_conversion)
     render_tables(report, console)
     emit_json(report.to_dict(), json_dest)
-    for path in write_outputs(report, markdown=markdown, plot=plot):
+    for path in write_outputs(report, markdown=markdown, plot=plot, predictions=predictions):
         console.print(f"wrote {path}", markup=False)
     if demo:
         console.print("This was the bundled digits demo. On your own model and data:\n"

@@ -32,6 +32,8 @@ from dec_cli.memory import EVAL_ACTIVATIONS, check_batch_fits
 from dec_cli.metrics import (LABEL_METRICS, Threshold, batch_records, concat_records, sort_records, summarize,
                              warp_strength)
 from dec_cli.modelinfo import info_of, input_size
+from dec_cli.modelnames import default_names
+from dec_cli.predictions import model_rows, view_records
 from dec_cli.report import ModelResult, Report
 from dec_cli.retrofit import dec_modules
 from dec_cli.tta import ScaleSearch, check_tta_scales
@@ -64,6 +66,7 @@ class EvalSettings:
     no_labels: bool = False  # compare with the model's own clean predictions even on a labelled tree
     tta_scales: tuple[float, ...] = ()  # non-empty: also report NAME+tta (dec_cli.tta.ScaleSearch)
     zoom: Optional[ZoomOptions] = None  # a zoom sweep applied on the fly (dec_cli.evalzoom)
+    predictions: bool = False  # keep every view's top-5 for --predictions (dec_cli.predictions)
 
     def __post_init__(self) -> None:
         # A plain (lo, hi) pair from Python goes through ScaleRange's one check (ValueError if out of bounds).
@@ -77,6 +80,8 @@ class ModelSpec:
     source: str
     weights: Optional[str] = None
     pretrained: bool = False
+    weights_source: str = "checkpoint"  # dec_cli.weightsource: checkpoint, pretrained, random-init or the FILE
+    name: Optional[str] = None  # --name: the report's column (default: dec_cli.modelnames.default_names)
 
 
 # --------------------------------------------------------------------------- models
@@ -89,17 +94,9 @@ def load_for_eval(spec: ModelSpec, device: torch.device) -> torch.nn.Module:
 
 
 def display_names(specs: Sequence[ModelSpec]) -> list[str]:
-    """Short, unique names for the report: a checkpoint's file stem or the timm name."""
-    names = []
-    for spec in specs:
-        path = Path(spec.source)
-        names.append(path.stem if path.suffix and path.exists() else spec.source)
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if names.count(name) == 1 else f"{name}#{seen[name]}")
-    return out
+    """Short, unique names for the report: ``--name``, else a checkpoint's file stem or the timm name."""
+    defaults = default_names([s.source for s in specs])
+    return [spec.name or default for spec, default in zip(specs, defaults)]
 
 
 # --------------------------------------------------------------------------- warps
@@ -204,6 +201,7 @@ class _Run:
     sweep: Optional[ZoomSweep] = None  # --zoom: the sweep applied on the fly to every batch
     warp_cache: dict[str, Warp] = field(default_factory=dict)
     unreadable: dict[int, str] = field(default_factory=dict)  # sample index -> reason, over all models
+    predictions: list[list[str]] = field(default_factory=list)  # --predictions CSV rows, all models
 
     def summarize(self, records: dict[str, np.ndarray]) -> dict[str, Any]:
         """Metrics, per-zoom and per-strength rows of one model's records."""
@@ -277,13 +275,14 @@ def _evaluate_model(run: _Run, spec: ModelSpec, name: str) -> list[ModelResult]:
                                                      [b for _, b in blocks], cfg))
     _note_unreadable(run, errors)
     summary = run.summarize(records)
+    run.predictions += model_rows(name, data, records, info, settings.class_map) if settings.predictions else []
     canon_error, modules = summarize_dec(sort_records(records), [p for p, _ in blocks]) if blocks else (None, [])
     result = ModelResult(
         name=name, source=spec.source, model_name=info.model_name, dec=info.dec,
         num_classes=int(info.num_classes), class_mapping=how, input_size=list(cfg["input_size"]),
         metrics={**summary["metrics"], "canon_error": canon_error}, per_zoom=summary["per_zoom"],
         per_strength=summary["per_strength"], timing=timing, weights_conversion=info.weights_conversion,
-        dec_modules=modules,
+        dec_modules=modules, weights_source=spec.weights_source,
     )
     if not settings.tta_scales:
         return [result]
@@ -327,6 +326,7 @@ def _report(run: _Run, results: list[ModelResult]) -> Report:
         },
         models=results,
         unreadable=bad,
+        predictions=run.predictions,
     )
 
 
@@ -404,6 +404,7 @@ def _batch_records(run: _Run, job: _Pass, probe: Optional[Probe], batch: Any) ->
         warped = torch.cat(chunks).view(b, k, -1)
     rec = batch_records(clean, batch.labels, warped, strength)
     rec["index"] = batch.indices.numpy().astype(np.int64)
+    rec.update(view_records(clean, warped) if settings.predictions else {})
     if probe:
         rec.update(probe.records())
     if job.decs and all(r is not None for r in res):

@@ -17,8 +17,12 @@ from dec_cli import distributed as D
 from dec_cli.errors import UsageError
 from dec_cli.evaluate import EvalSettings, ModelSpec, ProgressFn, Report, evaluate
 from dec_cli.metrics import Threshold
+from dec_cli.modelnames import report_names
+from dec_cli.plot import check_plot_path
+from dec_cli.predictions import check_predictions_path
 from dec_cli.report import check_writable
 from dec_cli.reportpath import check_report_path
+from dec_cli.weightsource import PRETRAINED, assign_sources
 
 
 @dataclass
@@ -39,13 +43,15 @@ class Reports:
     json: Optional[str] = None
     markdown: Optional[str] = None
     plot: Optional[str] = None
+    predictions: Optional[str] = None
 
     def check(self, models: Sequence[str], weights: Sequence[str], data: Optional[str],
               class_map: Optional[str]) -> None:
         """Usage errors, before any work, for a report that cannot be written or would overwrite an input."""
-        if self.plot is not None and not self.plot.lower().endswith(".png"):
-            raise UsageError(f"--plot writes PNG; {self.plot!r} does not end in .png", "for example --plot report.png")
-        reports = ((self.json, "--json"), (self.markdown, "--markdown"), (self.plot, "--plot"))
+        check_plot_path(self.plot)
+        check_predictions_path(self.predictions)
+        reports = ((self.json, "--json"), (self.markdown, "--markdown"), (self.plot, "--plot"),
+                   (self.predictions, "--predictions"))
         inputs = [("MODEL", m) for m in models if Path(m).is_file()] + [("--weights", w) for w in weights]
         for path, option in reports:
             check_writable(path, option)
@@ -54,7 +60,8 @@ class Reports:
 
 
 def plan_evaluation(models: Sequence[str], data: Optional[str], settings: EvalSettings, *,
-                    weights: Sequence[str] = (), pretrained: bool = False, thresholds: Sequence[Threshold] = (),
+                    weights: Sequence[str] = (), pretrained: bool = False, random_init: bool = False,
+                    names: Sequence[str] = (), thresholds: Sequence[Threshold] = (),
                     reports: Optional[Reports] = None) -> EvalJob:
     """The job the command line describes; no models and no data: the bundled digits demo."""
     (reports or Reports()).check(models, weights, data, settings.class_map)
@@ -72,17 +79,20 @@ def plan_evaluation(models: Sequence[str], data: Optional[str], settings: EvalSe
         raise UsageError("no MODEL given", "pass DEC checkpoints or timm names before --data")
     elif data is None:
         raise UsageError("no --data DIR given", "pass --data DIR with one subfolder per class")
-    return EvalJob(_model_specs(models, list(weights), pretrained), data, settings, list(thresholds), is_demo)
+    specs = _model_specs(models, list(weights), pretrained, random_init)
+    for spec, name in zip(specs, report_names(models, names)):
+        spec.name = name
+    return EvalJob(specs, data, settings, list(thresholds), is_demo)
 
 
-def _model_specs(models: list[str], weights: list[str], pretrained: bool) -> list[ModelSpec]:
-    """One spec per model; the i-th ``--weights`` file goes to the i-th timm name (checkpoints carry their own)."""
-    names = [m for m in models if not Path(m).is_file()]
-    if len(weights) > len(names):
-        raise UsageError(f"{len(weights)} --weights file(s) but only {len(names)} timm-name MODEL(s)",
-                         "checkpoints carry their own weights; give one --weights per timm name")
-    given = dict(zip(names, weights))
-    return [ModelSpec(m, weights=given.get(m) if m in names else None, pretrained=pretrained) for m in models]
+def _model_specs(models: list[str], weights: list[str], pretrained: bool, random_init: bool) -> list[ModelSpec]:
+    """One spec per model; the i-th ``--weights`` file goes to the i-th timm name (checkpoints carry their own).
+
+    Timm names without a file take ``--pretrained`` or ``--random-init``; with neither, a usage error
+    (`dec_cli.weightsource`): a silently random network would report near-perfect consistency.
+    """
+    return [ModelSpec(m, weights=own, pretrained=source == PRETRAINED, weights_source=source)
+            for m, own, source in assign_sources(models, weights, pretrained=pretrained, random_init=random_init)]
 
 
 def run_evaluation(job: EvalJob, progress: Optional[ProgressFn] = None) -> tuple[Report, bool]:

@@ -33,6 +33,7 @@ from dec_cli.modelinfo import info_of, input_size, set_info
 from dec_cli.randomwarp import MAX_GRID, MAX_ROWS, key_seed
 from dec_cli.rundir import RunFolder
 from dec_cli.trainer import EventFn, Trainer, TrainInputs
+from dec_cli.weightsource import CHECKPOINT, weights_source
 
 
 def check_options(cfg: FinetuneConfig) -> None:
@@ -110,16 +111,18 @@ def resolve_splits(data: str | Path, val: Optional[str | Path]) -> Splits:
 # --------------------------------------------------------------------------- model and classes
 
 
-def prepare_model(ckpt: str, classes: list[str], cfg: FinetuneConfig) -> tuple[nn.Module, bool]:
+def prepare_model(ckpt: str, classes: list[str], cfg: FinetuneConfig, *,
+                  resuming: bool = False) -> tuple[nn.Module, bool]:
     """Load CKPT and give it a head for ``classes``; returns (model, whether the head is new).
 
     The data's classes must equal the checkpoint's (names, or the output count
     for models without names) unless ``--num-classes`` asks for a new head.
     """
-    if Path(ckpt).is_file():
-        if cfg.weights is not None or cfg.pretrained:
-            raise UsageError("--weights/--pretrained apply to timm model names, not to checkpoints",
-                             "drop them: the checkpoint holds its own weights")
+    if resuming and not (cfg.weights or cfg.pretrained or Path(ckpt).is_file()):
+        cfg = replace(cfg, random_init=True)  # the run's saved weights replace the starting ones
+    source = weights_source(ckpt, is_checkpoint=Path(ckpt).is_file(), weights=cfg.weights,
+                            pretrained=cfg.pretrained, random_init=cfg.random_init)
+    if source == CHECKPOINT:
         model = load_model(ckpt, device="cpu")
     else:
         model = create_backbone(ckpt, weights=cfg.weights, pretrained=cfg.pretrained, img_size=cfg.img_size)
@@ -177,7 +180,7 @@ def _prepare_inputs(ckpt: str, data: str, run: RunFolder, cfg: FinetuneConfig, d
     if cfg.img_size is not None:  # before the model: a ViT's position embedding grows with the size
         check_batch_fits(cfg.batch_size, (3, cfg.img_size, cfg.img_size), device, tensors=3 + TRAIN_ACTIVATIONS)
     torch.manual_seed(cfg.seed)
-    model, new_head = prepare_model(ckpt, classes, cfg)
+    model, new_head = prepare_model(ckpt, classes, cfg, resuming=run.state is not None)
     return TrainInputs(ckpt, data, splits, model, new_head, input_size(model, cfg.img_size))
 
 

@@ -59,7 +59,9 @@ class FinetuneConfig:
     num_classes: Optional[int] = _option(None, "Train a new head with this many classes.")
     val: Optional[str] = _option(None, "Validation tree (default DATA/val).", metavar="DIR")
     weights: Optional[str] = _option(None, "Local weights for a timm model name.", metavar="FILE")
-    pretrained: bool = _option(False, "timm hub weights for a timm model name.", flag="--pretrained/--no-pretrained")
+    pretrained: bool = _option(False, "timm hub weights for a timm model name.", flag="--pretrained")
+    random_init: bool = _option(False, "Random weights for a timm model name (training from scratch).",
+                                flag="--random-init")
 
     @classmethod
     def option_names(cls) -> list[str]:

@@ -124,7 +124,11 @@ def _warp_locked(src_p: Path, dst_p: Path, plan: Plan,
                 raise UsageError(f"DST {dst_p} was made with different settings than these",
                                  "rerun with the original options, or use --overwrite")
     elif not overwrite:
-        if existing or (dst_p / MANIFEST_NAME).exists():
+        if (dst_p / MANIFEST_NAME).exists():  # written last: the job ran to its end (bad files or not)
+            raise UsageError(f"DST {dst_p} already holds a completed warp job "
+                             f"({len(existing)} of {len(names)} outputs written)",
+                             "pass --overwrite to replace it, or --resume to retry only the missing outputs")
+        if existing:
             raise UsageError(
                 f"DST {dst_p} already holds outputs of a warp job ({len(existing)} of {len(names)} files exist)",
                 "pass --resume to finish an interrupted job or --overwrite to replace them")

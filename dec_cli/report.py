@@ -1,4 +1,4 @@
-"""The report of ``dec evaluate`` (:class:`Report`) and its renderings: Rich tables, JSON, Markdown, a PNG plot.
+"""The report of ``dec evaluate`` (:class:`Report`) and its renderings: Rich tables, JSON, Markdown; the plot is `dec_cli.plot`.
 
 JSON schema (``schema_version`` 1; keys are only ever added, never renamed):
 
@@ -34,7 +34,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from PIL import Image, ImageDraw, ImageFont
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -65,6 +64,7 @@ class ModelResult:
     timing: dict[str, Any]
     weights_conversion: Optional[dict[str, Any]] = None  # --weights renamed from a foreign key layout
     dec_modules: list[dict[str, Any]] = field(default_factory=list)  # dec_cli.diagnostics.summarize_dec
+    weights_source: str = "checkpoint"  # checkpoint, pretrained, random-init or the --weights FILE
 
 
 @dataclass
@@ -76,6 +76,7 @@ class Report:
     models: list[ModelResult]
     unreadable: list[dict[str, str]] = field(default_factory=list)
     fail_if: list[dict[str, Any]] = field(default_factory=list)
+    predictions: list[list[str]] = field(default_factory=list)  # --predictions rows; not in the JSON
 
     @property
     def zoom_sweep(self) -> bool:
@@ -123,6 +124,7 @@ def _summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """One row per metric, one column per model (side by side)."""
     header = ["metric"] + [m.name for m in report.models]
     rows = [["DEC"] + ["yes" if m.dec else "no" for m in report.models],
+            ["weights"] + [m.weights_source for m in report.models],
             ["images"] + [str(m.metrics["images"]) for m in report.models]]
     for key, label in SUMMARY_COLUMNS:
         if any(m.metrics.get(key) is not None for m in report.models):
@@ -166,7 +168,9 @@ def _strength_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     header = ["warp strength"] + [_pair_header(report, m.name) for m in report.models]
     rows = []
     for i, b in enumerate(first):
-        row = [f"{b['strength_lo']:.3f}-{b['strength_hi']:.3f} ({b['pairs']} pairs)"]
+        if not b["pairs"]:  # a bin no warp fell into says nothing
+            continue
+        row = [f"{b['strength_lo']:.3f}-{b['strength_hi']:.3f} ({b['pairs']} pair{'' if b['pairs'] == 1 else 's'})"]
         for m in report.models:
             row.append(_pair_cell(report, m.per_strength[i] if i < len(m.per_strength) else None))
         rows.append(row)
@@ -178,6 +182,13 @@ def _classes_text(report: Report) -> str:
     return f"{d['classes']} classes" if _labelled(report) else NO_LABELS
 
 
+def _warps_text(s: dict[str, Any]) -> str:
+    """``4 warps per image, scale range 0.75..1.33`` (singular for one warp)."""
+    n = s["warps"]
+    return (f"{n} warp{'' if n == 1 else 's'} per image, "
+            f"scale range {s['scale_range'][0]:g}..{s['scale_range'][1]:g}")
+
+
 def render_tables(report: Report, console: Console, *, max_unreadable: int = 10) -> None:
     """Print the human report: summary, per-zoom or per-strength table, skipped files, rule results."""
     d = report.data
@@ -186,8 +197,7 @@ def render_tables(report: Report, console: Console, *, max_unreadable: int = 10)
     console.print(f"[bold]{what}[/bold] {escape(str(d['root']))}: {d['evaluated']} images evaluated, "
                   f"{_classes_text(report)}"
                   + (f", {d['unreadable']} unreadable skipped" if d["unreadable"] else "")
-                  + (f"; {s['warps']} warps/image, scale range {s['scale_range'][0]:g}..{s['scale_range'][1]:g},"
-                     f" seed {s['seed']}" if s["warps"] else ""))
+                  + (f"; {_warps_text(s)}, seed {s['seed']}" if s["warps"] else ""))
     for title, (header, rows) in [("Summary", _summary_rows(report)),
                                   ("Per zoom factor (consistency against zoom 1)" if d["zoom_sweep"]
                                    else "Per warp strength", _zoom_rows(report) if d["zoom_sweep"]
@@ -219,8 +229,8 @@ def to_markdown(report: Report) -> str:
     lines = ["# dec evaluate report", "",
              f"Data: `{d['root']}` ({'zoom sweep' if d['zoom_sweep'] else 'image folder'}), "
              f"{d['evaluated']} images evaluated, {_classes_text(report)}, {d['unreadable']} unreadable skipped.",
-             f"Settings: {s['warps']} warps per image, scale range {s['scale_range'][0]:g}..{s['scale_range'][1]:g}, "
-             f"grid {s['grid']}, rows {s['rows']}, seed {s['seed']}.", ""]
+             (f"Settings: {_warps_text(s)}, grid {s['grid']}, rows {s['rows']}, seed {s['seed']}." if s["warps"]
+              else "Settings: no random warps."), ""]
     sections = [("Summary", _summary_rows(report))]
     sections.append(("Per zoom factor", _zoom_rows(report)) if d["zoom_sweep"]
                     else ("Per warp strength", _strength_rows(report)))
@@ -245,79 +255,6 @@ def write_markdown(report: Report, path: str | Path) -> None:
     write_text_atomic(path, to_markdown(report))
 
 
-# --------------------------------------------------------------------------- PNG plot (Pillow only)
-
-_COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127)]
-
-
-def plot_series(report: Report) -> tuple[str, list[float], list[tuple[str, list[Optional[float]], list[Optional[float]]]]]:
-    """(x label, x values, [(model, accuracy, consistency)]) for the plot: zoom factors or warp strength."""
-    if report.data["zoom_sweep"]:
-        xs = list(report.data["zooms"])
-        series = []
-        for m in report.models:
-            by = {r["zoom"]: r for r in m.per_zoom}
-            series.append((m.name, [by.get(z, {}).get("top1") for z in xs],
-                           [by.get(z, {}).get("consistency") for z in xs]))
-        return "zoom factor", xs, series
-    first = next((m.per_strength for m in report.models if m.per_strength), [])
-    xs = [(b["strength_lo"] * b["strength_hi"]) ** 0.5 for b in first]
-    series = [(m.name, [b["top1"] for b in m.per_strength], [b["consistency"] for b in m.per_strength])
-              for m in report.models]
-    return "warp strength (RMS local scale factor)", xs, series
-
-
-def write_plot(report: Report, path: str | Path, *, size: tuple[int, int] = (1000, 440)) -> None:
-    """Two panels (accuracy, consistency) against zoom factor or warp strength, one line per model;
-    a run without labels has no accuracy, so it gets the consistency panel alone."""
-    xlabel, xs, series = plot_series(report)
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    width, height = size
-    panels = [("top-1 accuracy", 1), ("consistency", 2)] if _labelled(report) else [
-        ("consistency (no labels: each model against itself)", 2)]
-    panel_w = (width - 20) // len(panels) - 20
-    legend_h = 18 * len(series) + 10
-    for p, (title, pick) in enumerate(panels):
-        left = 20 + p * (panel_w + 20) + 45
-        right = 20 + p * (panel_w + 20) + panel_w - 10
-        top, bottom = 30, height - 45 - legend_h
-        draw.text((left, 8), title, fill="black", font=font)
-        for tick in range(0, 11, 2):
-            y = bottom - (bottom - top) * tick / 10
-            draw.line([left - 4, y, left, y], fill="black")
-            draw.line([left + 1, y, right - 1, y], fill=(230, 230, 230))
-            draw.text((left - 40, y - 6), f"{tick / 10:.1f}", fill="black", font=font)
-        draw.rectangle([left, top, right, bottom], outline="black")
-        if xs:
-            x_lo, x_hi = min(xs), max(xs)
-            span = (x_hi - x_lo) or 1.0
-
-            def px(x: float) -> float:
-                return left + 10 + (right - left - 20) * ((x - x_lo) / span if x_hi > x_lo else 0.5)
-
-            for x in xs:
-                draw.line([px(x), bottom, px(x), bottom + 4], fill="black")
-                draw.text((px(x) - 12, bottom + 6), f"{x:.3g}", fill="black", font=font)
-            for i, s in enumerate(series):
-                color = _COLORS[i % len(_COLORS)]
-                pts = [(px(x), bottom - (bottom - top) * v) for x, v in zip(xs, s[pick]) if v is not None]
-                if len(pts) > 1:
-                    draw.line(pts, fill=color, width=2)
-                for x, y in pts:
-                    draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
-        draw.text((left, bottom + 22), xlabel, fill="black", font=font)
-    for i, s in enumerate(series):
-        y = height - legend_h + 18 * i
-        color = _COLORS[i % len(_COLORS)]
-        draw.line([30, y + 6, 60, y + 6], fill=color, width=3)
-        draw.text((68, y), s[0], fill="black", font=font)
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-
-
 def check_writable(path: Optional[str], option: str) -> None:
     """Fail early (exit 2) when an output could not be written, before minutes of evaluation."""
     if path is None or path == "-":
@@ -333,15 +270,23 @@ def check_writable(path: Optional[str], option: str) -> None:
                          "choose a writable location")
 
 
-def write_outputs(report: Report, *, markdown: Optional[str] = None, plot: Optional[str] = None) -> list[str]:
-    """Write the Markdown and PNG outputs that were asked for; returns the paths written."""
+def write_outputs(report: Report, *, markdown: Optional[str] = None, plot: Optional[str] = None,
+                  predictions: Optional[str] = None) -> list[str]:
+    """Write the Markdown and plot (PNG, SVG or PDF) outputs that were asked for; returns the paths written."""
     written = []
     if markdown:
         write_markdown(report, markdown)
         written.append(markdown)
     if plot:
+        from dec_cli.plot import write_plot  # matplotlib: loaded only when a plot is asked for
+
         write_plot(report, plot)
         written.append(plot)
+    if predictions:
+        from dec_cli.predictions import write_predictions
+
+        write_predictions(report.predictions, predictions)
+        written.append(predictions)
     return written
 
 

@@ -11,15 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import timm
 import torch
 
-from dec_cli.autorecipe import AUTO, SUMMARY
+from dec_cli.autorecipe import AUTO
+from dec_cli.catalogue import recipe_catalogue  # noqa: F401  (dec models, torch-free; kept importable here)
 from dec_cli.backbone import create_backbone
 from dec_cli.checkpoint import save_model
 from dec_cli.errors import UsageError
 from dec_cli.modelinfo import info_of
 from dec_cli.reportpath import check_report_path
+from dec_cli.weightsource import weights_source
 from dec_cli.retrofit import (backbone_parameters, builtin_recipes, count_parameters, dec_parameters, insertion_table,
                               retrofit)
 
@@ -28,12 +29,13 @@ MODES = ("canonicalize", "equivariant")
 
 @dataclass
 class RetrofitJob:
-    """What ``dec retrofit`` was asked for (``pretrained=None``: on unless ``weights`` is given)."""
+    """What ``dec retrofit`` was asked for; the weights: ``weights``, ``pretrained`` or ``random_init`` (one)."""
 
     model: str
     output: str
     weights: Optional[str] = None
-    pretrained: Optional[bool] = None
+    pretrained: bool = False
+    random_init: bool = False
     num_classes: Optional[int] = None
     img_size: Optional[int] = None
     recipe: Optional[str] = None
@@ -58,13 +60,12 @@ class RetrofitJob:
                                                    ("--recipe", self.recipe)])
         if self.mode is not None and self.mode not in MODES:
             raise UsageError(f"--mode must be canonicalize or equivariant, not {self.mode!r}")
-        if self.weights is not None and self.pretrained:
-            raise UsageError("--weights and --pretrained exclude each other",
-                             "use --weights FILE offline, --pretrained online")
+        self.weights_source()
 
-    @property
-    def use_pretrained(self) -> bool:
-        return self.pretrained if self.pretrained is not None else self.weights is None
+    def weights_source(self) -> str:
+        """``pretrained``, ``random-init`` or the ``--weights`` FILE; none or two is a usage error."""
+        return weights_source(self.model, is_checkpoint=False, weights=self.weights, pretrained=self.pretrained,
+                              random_init=self.random_init)
 
     def options(self) -> dict[str, Any]:
         """The retrofit options given (the checkpoint's provenance)."""
@@ -81,30 +82,22 @@ def run_retrofit(job: RetrofitJob, command: str,
     ``on_weights`` hears how ``--weights`` were converted (None: they were not) as soon as the backbone is built.
     """
     torch.manual_seed(job.seed)
-    net = create_backbone(job.model, weights=job.weights, pretrained=job.use_pretrained,
+    net = create_backbone(job.model, weights=job.weights, pretrained=job.pretrained,
                           num_classes=job.num_classes, img_size=job.img_size)
     if on_weights is not None:
         on_weights(info_of(net).weights_conversion)
     retrofit(net, recipe=job.recipe, at=job.at, mode=job.mode, grid=job.grid, rows=job.rows, iters=job.iters,
              img_size=job.img_size, solver=job.solver, hidden=job.hidden, channels=job.channels)
     save_model(net, job.output, command=command, seed=job.seed,
-               weights=job.weights if job.weights else ("pretrained" if job.use_pretrained else "random"),
+               weights=job.weights_source(),
                options=job.options())
     info = net.dec_info
     rec = info["recipe"]
     n_bb, n_dec = count_parameters(backbone_parameters(net)), count_parameters(dec_parameters(net))
-    summary = {"model": job.model, "output": job.output, "recipe": rec["name"], "mode": rec["mode"],
+    summary = {"model": job.model, "output": job.output, "weights_source": job.weights_source(), "recipe": rec["name"], "mode": rec["mode"],
                "num_classes": info["num_classes"], "dec_settings": rec["dec"], "points": rec["points"],
                "layers": insertion_table(net),
                "parameters": {"backbone": n_bb, "dec": n_dec, "dec_fraction": n_dec / max(n_bb, 1)}}
     return summary, rec.get("description", "")
 
 
-def recipe_catalogue() -> dict[str, Any]:
-    """The built-in recipes, each with the number of timm models it covers, and the automatic recipe."""
-    rows = []
-    for r in builtin_recipes():
-        d = r.to_dict()
-        d["covered_models"] = len(timm.list_models([p for p in r.patterns]))
-        rows.append(d)
-    return {"recipes": rows, "auto": {"name": AUTO, "covers": "timm names no recipe matches", "description": SUMMARY}}

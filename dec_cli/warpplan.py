@@ -210,6 +210,10 @@ def plan_warp(src: str | os.PathLike, dst: str | os.PathLike, settings: WarpSett
         mask_scan = scan_images(masks)
         bad += [{"path": f"{MASKS_DIR}/{b['path']}", "reason": b["reason"]} for b in mask_scan.bad]
         mask_of = match_masks(scan.files, mask_scan.files)
+        if scan.files and not mask_of:  # silently warping without masks is not what --masks asked for
+            raise UsageError(f"--masks {masks} holds no mask named like an image of SRC "
+                             f"({len(mask_scan.files)} mask file(s) there)",
+                             "name each mask like its image (same relative path, any image extension)")
     plan = [(rel, plan_outputs(rel, settings), mask_of.get(rel)) for rel in scan.files]
     check_mask_outputs(plan)
     return plan, bad

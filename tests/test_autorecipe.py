@@ -60,7 +60,7 @@ def test_identity_at_init_on_any_timm_backbone(name):
 
 def test_cli_retrofit_prints_the_automatic_choice_and_reloads(run_dec, tmp_path):
     out = tmp_path / "xcit.safetensors"
-    r = run_dec("retrofit", "xcit_nano_12_p16_224", "--no-pretrained", "--img-size", SIZE, "--num-classes", "5",
+    r = run_dec("retrofit", "xcit_nano_12_p16_224", "--random-init", "--img-size", SIZE, "--num-classes", "5",
                 "-o", out, "--json", tmp_path / "r.json")
     assert r.code == 0, r.err
     assert "recipe auto: derived from xcit_nano_12_p16_224" in r.out and "blocks.1" in r.out
@@ -86,7 +86,7 @@ def test_recipe_auto_on_a_covered_family_and_given_points():
 
 def test_models_that_cannot_be_retrofitted_automatically(run_dec, tmp_path):
     out = tmp_path / "hrnet.safetensors"
-    r = run_dec("retrofit", "hrnet_w18_small", "--no-pretrained", "--img-size", SIZE, "-o", out)
+    r = run_dec("retrofit", "hrnet_w18_small", "--random-init", "--img-size", SIZE, "-o", out)
     assert r.code == 2 and r.err.count("\n") == 1 and r.err.startswith("error:")
     assert "no stage in its feature_info takes one feature tensor" in r.err and "gets no single tensor" in r.err
     assert "write a recipe" in r.err and "--recipe FILE" in r.err

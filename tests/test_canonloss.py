@@ -81,6 +81,6 @@ def test_finetune_canon_weight_trains_the_dec_and_needs_one(run_dec, tmp_path):
     start, after = load_file(str(ckpt)), load_file(str(out / "last.safetensors"))
     changed = {k for k in start if not torch.equal(start[k], after[k])}
     assert changed and all(".dec." in k for k in changed)  # only the canonicalization loss moved anything
-    plain = run_dec("finetune", "test_resnet", shapes, "-o", tmp_path / "plain", "--no-pretrained",
+    plain = run_dec("finetune", "test_resnet", shapes, "-o", tmp_path / "plain", "--random-init",
                     "--num-classes", "3", "--canon-weight", "1", *FAST)
     assert plain.code == 2 and "--canon-weight needs a checkpoint with DEC modules" in plain.err

@@ -126,7 +126,7 @@ def test_cli_models_lists_recipes(run_dec):
 
 def test_offline_without_weights_names_both_options(run_dec, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    r = run_dec("retrofit", "resnet18", "-o", tmp_path / "x.safetensors")
+    r = run_dec("retrofit", "resnet18", "--pretrained", "-o", tmp_path / "x.safetensors")
     assert r.code == 1
     assert r.err.count("\n") == 1 and r.err.startswith("error:")
     assert "--weights" in r.err and "--pretrained" in r.err
@@ -134,19 +134,19 @@ def test_offline_without_weights_names_both_options(run_dec, tmp_path, monkeypat
 
 
 def test_cli_bad_options(run_dec, tmp_path):
-    r = run_dec("retrofit", "test_vit", "--no-pretrained", "-o", tmp_path / "x.pt")
+    r = run_dec("retrofit", "test_vit", "--random-init", "-o", tmp_path / "x.pt")
     assert r.code == 2 and "safetensors" in r.err
-    r = run_dec("retrofit", "no_such_model_xyz", "--no-pretrained", "-o", tmp_path / "x.safetensors")
+    r = run_dec("retrofit", "no_such_model_xyz", "--random-init", "-o", tmp_path / "x.safetensors")
     assert r.code == 2 and "unknown timm model" in r.err
-    r = run_dec("retrofit", "test_vit", "--no-pretrained", "--at", "blocks.99", "-o", tmp_path / "x.safetensors")
+    r = run_dec("retrofit", "test_vit", "--random-init", "--at", "blocks.99", "-o", tmp_path / "x.safetensors")
     assert r.code == 2 and "blocks.99" in r.err and "blocks.0" in r.err
     r = run_dec("info", tmp_path / "missing.safetensors")
     assert r.code == 2 and "no such checkpoint" in r.err
-    r = run_dec("retrofit", "test_vit", "--no-pretrained", "--mode", "sideways", "-o", tmp_path / "x.safetensors")
+    r = run_dec("retrofit", "test_vit", "--random-init", "--mode", "sideways", "-o", tmp_path / "x.safetensors")
     assert r.code == 2 and "--mode" in r.err
     r = run_dec("retrofit", "test_vit", "--pretrained", "--weights", tmp_path / "w.pth", "-o", tmp_path / "x.safetensors")
     assert r.code == 2 and "exclude each other" in r.err
-    r = run_dec("retrofit", "test_vit", "--no-pretrained", "--recipe", "nosuch", "-o", tmp_path / "x.safetensors")
+    r = run_dec("retrofit", "test_vit", "--random-init", "--recipe", "nosuch", "-o", tmp_path / "x.safetensors")
     assert r.code == 2 and "unknown recipe 'nosuch'" in r.err and "convnext" in r.err
     plain = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(2)}, str(plain))

@@ -173,7 +173,9 @@ def test_json_schema_and_unreadable_files(run_dec, assets):
     assert doc["settings"]["tta_scales"] is None and doc["settings"]["zoom"] is None  # no on-the-fly sweep
     model = doc["models"][0]
     assert set(model) == {"name", "source", "model_name", "dec", "num_classes", "class_mapping", "input_size",
-                          "metrics", "per_zoom", "per_strength", "timing", "weights_conversion", "dec_modules"}
+                          "metrics", "per_zoom", "per_strength", "timing", "weights_conversion", "dec_modules",
+                          "weights_source"}
+    assert model["weights_source"] == str(assets["weights"])
     assert model["weights_conversion"] is None  # timm's own keys: nothing renamed
     assert set(model["metrics"]) == {"images", "top1", "top5", "pairs", "warped_top1", "warped_top5", "inv_error",
                                      "sym_kl", "consistency", "zoom_top1_min", "zoom_consistency_min",
@@ -275,7 +277,7 @@ def test_wordnet_folders_map_to_imagenet_outputs(run_dec, tmp_path):
     for wnid, kind in [("n01440764", "circle"), ("n01443537", "square")]:
         (root / wnid).mkdir(parents=True)
         _picture(kind, 0).save(root / wnid / "a.png")
-    doc = _json(run_dec, "test_resnet", "--data", root, "--warps", "0")
+    doc = _json(run_dec, "test_resnet", "--random-init", "--data", root, "--warps", "0")
     assert doc["models"][0]["class_mapping"] == "wordnet" and doc["models"][0]["num_classes"] == 1000
 
 
@@ -323,7 +325,7 @@ def test_bad_data_is_a_one_line_usage_error(run_dec, assets, tmp_path, case):
     if case == "all-unreadable":
         (data / "cls").mkdir()
         (data / "cls" / "a.png").write_bytes(b"not a png")
-    model = ("test_resnet", "--weights", assets["weights"]) if case == "all-unreadable" else ("test_resnet",)
+    model = ("test_resnet", "--weights", assets["weights"]) if case == "all-unreadable" else ("test_resnet", "--random-init")
     if case == "all-unreadable":
         (tmp_path / "map.txt").write_text("cls\n")
         model += ("--class-map", tmp_path / "map.txt")
@@ -345,13 +347,13 @@ def test_usage_errors(run_dec, assets, tmp_path):
     assert missing_data.code == 2 and "--data" in missing_data.err
     no_model = run_dec("evaluate", "--data", assets["tree"])
     assert no_model.code == 2 and "no MODEL" in no_model.err
-    bad_plot = run_dec("evaluate", "test_resnet", "--data", assets["tree"], "--plot", tmp_path / "x.jpg")
-    assert bad_plot.code == 2 and ".png" in bad_plot.err
+    bad_plot = run_dec("evaluate", "test_resnet", "--random-init", "--data", assets["tree"], "--plot", tmp_path / "x.jpg")
+    assert bad_plot.code == 2 and ".png" in bad_plot.err and ".svg" in bad_plot.err and ".pdf" in bad_plot.err
     bad_range = run_dec("evaluate", "test_resnet", "--data", assets["tree"], "--scale-range", "1.2,0.8")
     assert bad_range.code == 2
     too_many = run_dec("evaluate", assets["ckpt"], "--weights", assets["weights"], "--data", assets["tree"])
     assert too_many.code == 2 and "--weights" in too_many.err
-    json_dir = run_dec("evaluate", "test_resnet", "--data", assets["tree"], "--json", tmp_path)
+    json_dir = run_dec("evaluate", "test_resnet", "--random-init", "--data", assets["tree"], "--json", tmp_path)
     assert json_dir.code == 2 and "is a directory" in json_dir.err
 
 

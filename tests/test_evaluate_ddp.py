@@ -34,7 +34,8 @@ def test_torchrun_two_processes_match_single_process(tmp_path, run_dec):
     classes = tmp_path / "classes.txt"
     classes.write_text("circle\nsquare\n")
     # test_vit's 1000 random outputs change their top-1 along the sweep, so the flip rate is not 0.
-    args = ["evaluate", "test_resnet", "test_vit", "--weights", str(weights), "--class-map", str(classes),
+    args = ["evaluate", "test_resnet", "test_vit", "--weights", str(weights), "--random-init",
+            "--class-map", str(classes),
             "--data", str(data), "--img-size", "32", "--warps", "2", "--batch-size", "2", "--device", "cpu",
             "--quiet"]
     single = run_dec(*args, "--json", tmp_path / "single.json")

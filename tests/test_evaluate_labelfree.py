@@ -79,7 +79,7 @@ def test_scan_modes(tmp_path):
 
 def test_flat_folder_of_photos_is_label_free(run_dec, photos, tmp_path):
     md = tmp_path / "r.md"
-    result = run_dec("evaluate", "test_resnet", "test_vit", "--data", photos["flat"], "--img-size", IMG,
+    result = run_dec("evaluate", "test_resnet", "test_vit", "--random-init", "--data", photos["flat"], "--img-size", IMG,
                      "--warps", "2", "--json", tmp_path / "r.json", "--markdown", md, "--plot", tmp_path / "r.png")
     assert result.code == 0, result.err
     doc = json.loads((tmp_path / "r.json").read_text())
@@ -116,8 +116,8 @@ def test_no_labels_on_a_labelled_tree(run_dec, tmp_path):
         assert_metric_close(b["metrics"][key], a["metrics"][key], key)
     assert [r["consistency"] for r in a["per_strength"]] == [r["consistency"] for r in b["per_strength"]]
     # No class-count check without labels: a 1000-class model on a 3-class tree runs.
-    assert run_dec("evaluate", "test_resnet", "--data", tree, "--img-size", IMG, "--quiet").code == 2
-    assert _evaluate(run_dec, "test_resnet", "--data", tree, "--warps", "1", "--no-labels")["data"]["images"] == 9
+    assert run_dec("evaluate", "test_resnet", "--random-init", "--data", tree, "--img-size", IMG, "--quiet").code == 2
+    assert _evaluate(run_dec, "test_resnet", "--random-init", "--data", tree, "--warps", "1", "--no-labels")["data"]["images"] == 9
 
 
 # A real ImageNet model: its predictions on these photos do not depend on timm's random init,

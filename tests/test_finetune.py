@@ -170,7 +170,7 @@ def test_plain_timm_name_new_head_and_config_file(run_dec, shapes, tmp_path):
     cfg = tmp_path / "ft.yaml"
     cfg.write_text("epochs: 1\nbatch-size: 4\naug_prob: 1.0\nscale-range: 0.8,1.25\nlr: 1e-3\nimg-size: 24\n")
     out = tmp_path / "base"
-    r = run_dec("finetune", "test_resnet", data / "train", "--val", data / "val", "-o", out, "--config", cfg,
+    r = run_dec("finetune", "test_resnet", "--random-init", data / "train", "--val", data / "val", "-o", out, "--config", cfg,
                 "--num-classes", "3",
                 "--batch-size", "19", "--seed", "1", "--json", "-", "--quiet")
     assert r.code == 0, r.err
@@ -344,7 +344,7 @@ def test_bad_inputs_are_one_line_usage_errors(run_dec, shapes, dec_ckpt, tmp_pat
     # data classes differ from the checkpoint's, and the hint names --num-classes
     other = make_shapes(tmp_path / "other", n_train=1, n_val=1, classes=["a", "b", "c"])
     check(run_dec("finetune", dec_ckpt, other, "-o", tmp_path / "o4"), "differ", "--num-classes 3")
-    check(run_dec("finetune", "test_resnet", other, "-o", tmp_path / "o5"), "1000 outputs", "--num-classes 3")
+    check(run_dec("finetune", "test_resnet", "--random-init", other, "-o", tmp_path / "o5"), "1000 outputs", "--num-classes 3")
     check(run_dec("finetune", dec_ckpt, other, "-o", tmp_path / "o6", "--num-classes", "4"), "--num-classes 4")
     # option values and config files
     check(run_dec("finetune", dec_ckpt, shapes, "-o", tmp_path / "o7", "--aug-prob", "2"), "--aug-prob")
@@ -352,7 +352,7 @@ def test_bad_inputs_are_one_line_usage_errors(run_dec, shapes, dec_ckpt, tmp_pat
     bad_cfg = tmp_path / "bad.yaml"
     bad_cfg.write_text("epochz: 3\n")
     check(run_dec("finetune", dec_ckpt, shapes, "-o", tmp_path / "o9", "--config", bad_cfg), "epochz")
-    check(run_dec("finetune", "test_resnet", shapes, "-o", tmp_path / "o10", "--num-classes", "3",
+    check(run_dec("finetune", "test_resnet", "--random-init", shapes, "-o", tmp_path / "o10", "--num-classes", "3",
                   "--dec-warmup-epochs", "1"), "DEC")
     # nothing was written by any of these
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 11))

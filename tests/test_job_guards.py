@@ -218,13 +218,15 @@ def test_other_commands_json_may_not_overwrite_their_own_files(run_dec, tmp_path
     npz = tmp_path / "digits.npz"
     shutil.copy(Path(__file__).parent.parent / "dec_cli" / "data" / "mnist-8k.npz", npz)
     before = npz.read_bytes()
+    (tmp_path / "data").mkdir()
     cases = [
         ["digits", npz, tmp_path / "d", "--json", npz],
-        ["retrofit", "test_vit", "--no-pretrained", "-o", tmp_path / "m.safetensors",
+        ["retrofit", "test_vit", "--random-init", "-o", tmp_path / "m.safetensors",
          "--json", tmp_path / "m.safetensors"],
-        ["finetune", "test_vit", tmp_path / "data", "-o", tmp_path / "run", "--json", tmp_path / "run" / "metrics.csv"],
-        ["evaluate", "test_vit", "--data", tmp_path, "--json", tmp_path / "r.json", "--markdown", tmp_path / "r.json"],
-        ["evaluate", "test_vit", "--data", tmp_path, "--json", tmp_path / "report.json"],
+        ["finetune", "test_vit", "--random-init", tmp_path / "data", "-o", tmp_path / "run", "--json", tmp_path / "run" / "metrics.csv"],
+        ["evaluate", "test_vit", "--random-init", "--data", tmp_path, "--json", tmp_path / "r.json", "--markdown",
+         tmp_path / "r.json"],
+        ["evaluate", "test_vit", "--random-init", "--data", tmp_path, "--json", tmp_path / "report.json"],
     ]
     for args in cases:
         result = run_dec(*args)

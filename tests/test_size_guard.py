@@ -74,7 +74,8 @@ def test_evaluate_refuses_a_size_that_cannot_fit_quickly(run_dec, photos, checkp
 def test_finetune_refuses_a_size_that_cannot_fit_quickly(run_dec, photos, tmp_path):
     start = time.perf_counter()
     out = tmp_path / "run"
-    result = run_dec("finetune", "test_vit", photos, "-o", out, "--num-classes", "2", "--img-size", "100000",
+    result = run_dec("finetune", "test_vit", photos, "-o", out, "--random-init", "--num-classes", "2",
+                     "--img-size", "100000",
                      "--device", "cpu")
     one_line_usage_error(result, "needs about", "--batch-size")
     assert time.perf_counter() - start < 30 and not out.exists()
@@ -83,7 +84,7 @@ def test_finetune_refuses_a_size_that_cannot_fit_quickly(run_dec, photos, tmp_pa
 def test_finetune_out_below_a_file_is_a_usage_error(run_dec, photos, tmp_path):
     blocker = tmp_path / "somefile"
     blocker.write_text("not a folder")
-    result = run_dec("finetune", "test_resnet", photos, "-o", blocker / "sub", "--num-classes", "2")
+    result = run_dec("finetune", "test_resnet", photos, "-o", blocker / "sub", "--random-init", "--num-classes", "2")
     one_line_usage_error(result, "is a file, not a folder")
     assert blocker.read_text() == "not a folder"
 
