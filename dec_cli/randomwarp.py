@@ -31,8 +31,12 @@ def check_grid_rows(grid: int, rows: int) -> None:
 
 
 def key_seed(seed: int, key: str = "") -> int:
-    """A 63-bit seed from a user seed and a key (an `image_key`, or a stream name such as ``"head"``)."""
-    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    """A 63-bit seed from a user seed and a key (an `image_key`, or a stream name such as ``"head"``).
+
+    A file name read under a non-UTF-8 locale holds its undecodable bytes as surrogates;
+    ``surrogateescape`` turns them back into those bytes, so the key (and the warp) is the same
+    whatever the locale."""
+    digest = hashlib.sha256(f"{seed}\0{key}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 

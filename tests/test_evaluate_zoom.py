@@ -23,7 +23,7 @@ from dec_cli.warpplan import WarpSettings
 from test_evaluate import CLASSES, make_tree  # noqa: E402  (tests/ is on sys.path under pytest)
 
 ZOOMS = "0.7,1,1.4"
-EVAL = ["--img-size", "32", "--warps", "0", "--device", "cpu", "--quiet", "--batch-size", "4"]
+EVAL = ["--random-init", "--img-size", "32", "--warps", "0", "--device", "cpu", "--quiet", "--batch-size", "4"]
 
 
 @pytest.fixture(scope="module")

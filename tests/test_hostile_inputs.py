@@ -174,3 +174,25 @@ def test_nan_boxes_and_coco_files_missing_keys_are_usage_errors(content, needle,
     boxes.write_text(content)
     one_line(run_dec("warp", tree, tmp_path / "dst", *ZOOM, "--boxes", boxes), 2, needle)
     assert not (tmp_path / "dst").exists()
+
+
+def test_non_ascii_names_under_a_non_utf8_locale_warp_as_under_utf8(tmp_path):
+    """LC_ALL=C without UTF-8 mode: names hold surrogates; the warp (keyed by name) and outputs match UTF-8's."""
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    photo = sorted((Path(__file__).parent / "data" / "photos" / "animals").iterdir())[0]
+    (src / f"cheval-été{photo.suffix}").write_bytes(photo.read_bytes())
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUTF8", "LANG", "LC_ALL", "LC_CTYPE")}
+    runs = {"c": (["-X", "utf8=0"], {"LC_ALL": "C", "LANG": "C"}), "utf8": (["-X", "utf8=1"], {})}
+    for name, (flags, extra) in runs.items():
+        done = subprocess.run([sys.executable, *flags, "-m", "dec_cli", "warp", "src", f"dst-{name}", "--quiet"],
+                              cwd=tmp_path, env={**env, **extra}, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    c_out, = [p for p in (tmp_path / "dst-c").iterdir() if p.suffix == photo.suffix]
+    u_out, = [p for p in (tmp_path / "dst-utf8").iterdir() if p.suffix == photo.suffix]
+    assert c_out.name == u_out.name == f"cheval-été{photo.suffix}"
+    assert c_out.read_bytes() == u_out.read_bytes()

@@ -55,8 +55,8 @@ def _terminate(args: list, *, cwd: Path) -> tuple[int, str]:
 COMMANDS = {
     "warp": (["warp", DATA / "photos", "dst", "--copies", "50"], True),
     "unwarp": (["unwarp", "warped", "dst"], True),
-    "evaluate": (["evaluate", "test_resnet", "--no-pretrained", "--data", DATA / "photos", "--warps", "20"], False),
-    "retrofit": (["retrofit", "test_vit", "--no-pretrained", "-o", "dst.safetensors"], False),
+    "evaluate": (["evaluate", "test_resnet", "--random-init", "--data", DATA / "photos", "--warps", "20"], False),
+    "retrofit": (["retrofit", "test_vit", "--random-init", "-o", "dst.safetensors"], False),
     "digits": (["digits", REPO / "dec_cli" / "data" / "mnist-8k.npz", "dst"], False),
     "info": (["info", "ckpt.safetensors"], False),
 }
