@@ -38,3 +38,17 @@ def uniform_partition(grid: int, *, device=None, dtype=torch.float32) -> Tensor:
 def pixel_centres(n: int, *, device=None, dtype=torch.float32) -> Tensor:
     """Normalized coordinates of ``n`` pixel centres: ``(j + 0.5) / n``."""
     return (torch.arange(n, device=device, dtype=dtype) + 0.5) / n
+
+
+def blend_rows(values: Tensor, t: Tensor) -> Tensor:
+    """Blend control-row values (B, R, K) linearly at positions ``t`` (B, M) -> (B, M, K); one row is held constant."""
+    if values.shape[1] == 1:
+        return values.expand(-1, t.shape[1], -1)
+    rows = values.shape[1]
+    pos = t.clamp(0.0, 1.0) * (rows - 1)
+    r0 = pos.floor().clamp_(max=rows - 2).long()
+    frac = (pos - r0).unsqueeze(-1)
+    k = values.shape[-1]
+    lo = torch.gather(values, 1, r0.unsqueeze(-1).expand(-1, -1, k))
+    hi = torch.gather(values, 1, (r0 + 1).unsqueeze(-1).expand(-1, -1, k))
+    return lo + frac * (hi - lo)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dec_cli.maps1d import DEFAULT_INVERSE_ITERS, EPS, interp, uniform_partition
+from dec_cli.maps1d import DEFAULT_INVERSE_ITERS, EPS, blend_rows, interp, uniform_partition
 from dec_cli.warpgrid import sampling_grid
 from dec_cli.warpinverse import points_inverse
 
@@ -45,18 +45,6 @@ def knots_from_logits(theta: Tensor) -> Tensor:
     knots = torch.cat([zero, knots], dim=-1)
     # Pin the end exactly at 1: the cumulative sum can drift by an ulp.
     return torch.cat([knots[..., :-1], torch.ones_like(zero)], dim=-1)
-
-
-def _blend(values: Tensor, t: Tensor) -> Tensor:
-    """Blend control-row values (B, R, K) linearly at positions ``t`` (B, M) -> (B, M, K)."""
-    rows = values.shape[1]
-    pos = t.clamp(0.0, 1.0) * (rows - 1)
-    r0 = pos.floor().clamp_(max=rows - 2).long()
-    frac = (pos - r0).unsqueeze(-1)
-    k = values.shape[-1]
-    lo = torch.gather(values, 1, r0.unsqueeze(-1).expand(-1, -1, k))
-    hi = torch.gather(values, 1, (r0 + 1).unsqueeze(-1).expand(-1, -1, k))
-    return lo + frac * (hi - lo)
 
 
 @dataclass(frozen=True)
@@ -146,7 +134,7 @@ class Warp:
         """Evaluate one axis map at along-axis ``u`` and across-axis ``v`` (B, M)."""
         if ys.shape[1] == 1:
             return interp(u, xs, ys[:, 0])
-        values = _blend(ys, v)  # (B, M, K)
+        values = blend_rows(ys, v)  # (B, M, K)
         xp = xs.unsqueeze(1).expand_as(values)
         return interp(u.unsqueeze(-1), xp, values).squeeze(-1)
 

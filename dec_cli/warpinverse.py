@@ -28,27 +28,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dec_cli.maps1d import EPS, interp
+from dec_cli.maps1d import EPS, blend_rows, interp
 
 # Newton steps after the per-line start, and the largest move of one step per axis (normalized).
 NEWTON_STEPS = 6
 MAX_STEP = 1 / 16
 # A point whose residual |l(x) - p| (max over axes, normalized) stays above this is solved the old way.
 TOLERANCE = 1e-5
-
-
-def _blend_lines(ys: Tensor, t: Tensor) -> Tensor:
-    """Control rows (B, R, K) blended linearly at across-positions ``t`` (B, L) -> (B, L, K)."""
-    rows = ys.shape[1]
-    if rows == 1:
-        return ys.expand(-1, t.shape[1], -1)
-    pos = t.clamp(0.0, 1.0) * (rows - 1)
-    r0 = pos.floor().clamp_(max=rows - 2).long()
-    frac = (pos - r0).unsqueeze(-1)
-    k = ys.shape[-1]
-    lo = torch.gather(ys, 1, r0.unsqueeze(-1).expand(-1, -1, k))
-    hi = torch.gather(ys, 1, (r0 + 1).unsqueeze(-1).expand(-1, -1, k))
-    return lo + frac * (hi - lo)
 
 
 def line_start(warp, lines_x: Tensor, lines_y: Tensor) -> tuple[Tensor, Tensor]:
@@ -58,8 +44,8 @@ def line_start(warp, lines_x: Tensor, lines_y: Tensor) -> tuple[Tensor, Tensor]:
     at ``y = lines_y[i]``, column ``j`` inverts ``l_Y`` at ``x = lines_x[j]``.
     """
     b, h, w = lines_x.shape[0], lines_y.shape[1], lines_x.shape[1]
-    rows_x = _blend_lines(warp.ys_x, lines_y)  # (B, H, K): l_X's row at each target row
-    rows_y = _blend_lines(warp.ys_y, lines_x)  # (B, W, K): l_Y's column at each target column
+    rows_x = blend_rows(warp.ys_x, lines_y)  # (B, H, K): l_X's row at each target row
+    rows_y = blend_rows(warp.ys_y, lines_x)  # (B, W, K): l_Y's column at each target column
     xs_x = warp.xs_x.unsqueeze(1).expand(-1, h, -1)
     xs_y = warp.xs_y.unsqueeze(1).expand(-1, w, -1)
     x0 = interp(lines_x.unsqueeze(1).expand(b, h, w), rows_x, xs_x)
@@ -122,9 +108,9 @@ def alternating_inverse(warp, px: Tensor, py: Tensor, iters: int) -> tuple[Tenso
     x, y = px, py
     xp_x, xp_y = warp.xs_x.unsqueeze(1), warp.xs_y.unsqueeze(1)
     for _ in range(iters):
-        rows_x = _blend_lines(warp.ys_x, y)
+        rows_x = blend_rows(warp.ys_x, y)
         x = interp(px.unsqueeze(-1), rows_x, xp_x.expand_as(rows_x)).squeeze(-1)
-        rows_y = _blend_lines(warp.ys_y, x)
+        rows_y = blend_rows(warp.ys_y, x)
         y = interp(py.unsqueeze(-1), rows_y, xp_y.expand_as(rows_y)).squeeze(-1)
     return x, y
 

@@ -16,6 +16,19 @@ from helpers import assert_metric_close  # noqa: E402  (tests/ is on sys.path un
 from test_evaluate import make_zoom_tree  # noqa: E402
 
 
+def _single_and_torchrun(run_dec, args: list, tmp_path) -> tuple[dict, dict]:
+    """The JSON reports of ``args`` run in this process and under torchrun with two gloo ranks."""
+    single = run_dec(*args, "--json", tmp_path / "single.json")
+    assert single.code == 0, single.err
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "dec_cli", *args, "--json", str(tmp_path / "ddp.json")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return (json.loads((tmp_path / "single.json").read_text()),
+            json.loads((tmp_path / "ddp.json").read_text()))
+
+
 def test_shards_cover_every_index_once():
     shards = [shard_indices(11, r, 3) for r in range(3)]
     assert sorted(i for s in shards for i in s) == list(range(11))
@@ -38,15 +51,7 @@ def test_torchrun_two_processes_match_single_process(tmp_path, run_dec):
             "--class-map", str(classes),
             "--data", str(data), "--img-size", "32", "--warps", "2", "--batch-size", "2", "--device", "cpu",
             "--quiet"]
-    single = run_dec(*args, "--json", tmp_path / "single.json")
-    assert single.code == 0, single.err
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "dec_cli", *args, "--json", str(tmp_path / "ddp.json")],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    one = json.loads((tmp_path / "single.json").read_text())
-    two = json.loads((tmp_path / "ddp.json").read_text())
+    one, two = _single_and_torchrun(run_dec, args, tmp_path)
     assert two["models"][0]["timing"]["world_size"] == 2
     assert two["data"] == one["data"] and two["unreadable"] == one["unreadable"] == [
         {"path": "square/broken.png", "reason": one["unreadable"][0]["reason"]}]
@@ -67,17 +72,9 @@ def test_torchrun_on_the_fly_zoom_sweep_matches_single_process(tmp_path, run_dec
     data = make_tree(tmp_path / "plain", per_class=2, odd_modes=False, corrupt=False)
     classes = tmp_path / "classes.txt"
     classes.write_text("\n".join(CLASSES) + "\n")
-    args = ["evaluate", "test_vit", "--class-map", str(classes), "--data", str(data), "--img-size", "32",
+    args = ["evaluate", "test_vit", "--random-init", "--class-map", str(classes), "--data", str(data), "--img-size", "32",
             "--zoom", "0.7,1,1.4", "--center", "0.4,0.5", "--batch-size", "2", "--device", "cpu", "--quiet"]
-    single = run_dec(*args, "--json", tmp_path / "single.json")
-    assert single.code == 0, single.err
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "dec_cli", *args, "--json", str(tmp_path / "ddp.json")],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    one = json.loads((tmp_path / "single.json").read_text())["models"][0]
-    two = json.loads((tmp_path / "ddp.json").read_text())["models"][0]
+    one, two = (report["models"][0] for report in _single_and_torchrun(run_dec, args, tmp_path))
     assert two["timing"]["world_size"] == 2 and len(one["per_zoom"]) == 3
     assert two["per_zoom"] == one["per_zoom"]
     assert two["metrics"]["flip_rate"] == one["metrics"]["flip_rate"]
