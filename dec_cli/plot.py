@@ -79,8 +79,19 @@ def _panel(ax: Any, xs: list[float], series: Series, pick: int, ylabel: str, zoo
         spine.set_color("black")
 
 
+def _quiet_config_fallback() -> None:
+    """With an unwritable HOME matplotlib uses a temporary cache and logs a warning on stderr;
+    the plot is the same, so that notice is kept off the command's output (unless logging is set)."""
+    import logging
+
+    logger = logging.getLogger("matplotlib")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.ERROR)
+
+
 def write_plot(report: Any, path: str | Path) -> None:
     """Two panels (top-1 accuracy, consistency) or, without labels, consistency alone; format by suffix."""
+    _quiet_config_fallback()
     from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
     check_plot_path(str(path))

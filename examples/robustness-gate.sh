@@ -4,7 +4,7 @@
 #
 #   examples/robustness-gate.sh MODEL VAL_DIR [MIN_ZOOM_TOP1] [MIN_CONSISTENCY]
 #
-# MODEL is a dec checkpoint (.safetensors) or a timm name (add --weights via
+# MODEL is a dec checkpoint (.safetensors) or a timm name (add --weights FILE or --pretrained via
 # DEC_EVAL_ARGS); VAL_DIR is an ImageFolder tree (one subfolder per class).
 # Steps: build a zoom sweep of VAL_DIR with `dec warp --zoom`, evaluate MODEL on
 # it, and exit 1 when top-1 at any zoom factor, or the agreement of each image's

@@ -196,3 +196,25 @@ def test_non_ascii_names_under_a_non_utf8_locale_warp_as_under_utf8(tmp_path):
     u_out, = [p for p in (tmp_path / "dst-utf8").iterdir() if p.suffix == photo.suffix]
     assert c_out.name == u_out.name == f"cheval-été{photo.suffix}"
     assert c_out.read_bytes() == u_out.read_bytes()
+
+
+def test_unwritable_home_and_tmpdir_still_warp_and_evaluate_quietly(tmp_path):
+    """HOME and TMPDIR on a read-only file system: outputs as usual and nothing on stderr (matplotlib's
+    config-dir notice included); nothing is written outside the command's outputs."""
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "photos" / "animals" / "horse.png", src / "horse.png")
+    env = {**os.environ, "HOME": "/proc/no-home", "TMPDIR": "/proc/no-tmp", "OMP_NUM_THREADS": "1"}
+    env.pop("MPLCONFIGDIR", None)
+    commands = [["warp", "src", "dst", "--quiet"],
+                ["evaluate", "test_resnet", "--random-init", "--data", "src", "--no-labels", "--warps", "1",
+                 "--img-size", "32", "--device", "cpu", "--plot", "plot.png", "--quiet"]]
+    for args in commands:
+        done = subprocess.run([sys.executable, "-m", "dec_cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "plot.png", "src"]
