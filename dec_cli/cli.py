@@ -409,15 +409,14 @@ def _floats(text: Optional[str], option: str, example: str, count: Optional[int]
 def _eval_zoom(zoom: Optional[str], center: Optional[str], radius: Optional[float], boxes: Optional[str],
                masks: Optional[str]) -> Any:
     """`dec evaluate`'s on-the-fly sweep options (None without ``--zoom``), checked before any model loads."""
-    from dec_cli.evalzoom import ZoomOptions
-    from dec_cli.objects import OBJECT
-
     zooms = _floats(zoom, "--zoom", "0.8,1,1.25")
     if zooms is None:
         if any(v is not None for v in (center, radius, boxes, masks)):
             raise UsageError("--center, --radius, --boxes and --masks apply to --zoom sweeps only",
                              "add --zoom Z1,Z2,...")
         return None
+    from dec_cli.evalzoom import ZoomOptions  # (imports torch: only for a sweep)
+    from dec_cli.objects import OBJECT
     centre = OBJECT if center == OBJECT else _floats(center, "--center", "0.5,0.5", count=2)
     sweep = ZoomOptions(zooms, centre, radius, boxes, masks)
     sweep.settings()  # bad factors, radius or centre: a usage error

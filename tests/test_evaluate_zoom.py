@@ -67,9 +67,16 @@ def test_per_zoom_metrics_and_flip_rate_equal_the_trees(run_dec, trees):
     ref = _report(run_dec, *args, "--data", tree)
     fly = _report(run_dec, *args, "--data", plain, "--zoom", ZOOMS, "--center", "0.45,0.55")
     a, b = ref["models"][0], fly["models"][0]
-    assert [r["zoom"] for r in b["per_zoom"]] == [0.7, 1.0, 1.4] and b["per_zoom"] == a["per_zoom"]
+    assert [r["zoom"] for r in b["per_zoom"]] == [0.7, 1.0, 1.4]
+    # The random test_vit sits near ties: the tree's PNG rounding and the on-the-fly float pixels may put
+    # one of a zoom's 6 images on the other side of one (seen with the lowest dependency versions).
+    one_image = 1 / 6 + 1e-9
+    for row_a, row_b in zip(a["per_zoom"], b["per_zoom"]):
+        assert {k: row_b[k] for k in ("zoom", "images", "groups")} == {k: row_a[k] for k in ("zoom", "images", "groups")}
+        for key in ("top1", "top5", "consistency"):
+            assert abs(row_b[key] - row_a[key]) <= one_image, (row_a["zoom"], key)
     for key in ("top1", "zoom_top1_min", "zoom_consistency_min", "flip_rate"):
-        assert b["metrics"][key] == a["metrics"][key], key
+        assert abs(b["metrics"][key] - a["metrics"][key]) <= one_image, key
     assert fly["data"]["zoom_sweep"] and fly["data"]["images"] == ref["data"]["images"] == 18
     assert fly["settings"]["zoom"] == {"zooms": [0.7, 1.0, 1.4], "center": [0.45, 0.55], "radius": None,
                                        "boxes": None, "masks": None}

@@ -40,6 +40,6 @@ def test_shell_completion_is_available(run_dec):
 
 
 def test_long_hint_is_one_line_when_stdout_is_not_a_terminal(capsys):
-    hint = "  dec evaluate MODEL.safetensors resnet50 --weights r50.pth --data VAL_ZOOM --warps 4 " * 2
+    hint = ("  dec evaluate MODEL.safetensors resnet50 --weights r50.pth --data VAL_ZOOM --warps 4 " * 2).rstrip()
     console_for(None).print(hint, markup=False)
     assert capsys.readouterr().out == hint + "\n"
