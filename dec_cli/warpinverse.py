@@ -35,6 +35,9 @@ NEWTON_STEPS = 6
 MAX_STEP = 1 / 16
 # A point whose residual |l(x) - p| (max over axes, normalized) stays above this is solved the old way.
 TOLERANCE = 1e-5
+# In the eager active-set solve, a point whose residual is at most this many float epsilons of its
+# dtype takes no further step (about 1e-6 in float32, 2e-15 in float64).
+CONVERGED_EPS = 8
 
 
 def line_start(warp, lines_x: Tensor, lines_y: Tensor) -> tuple[Tensor, Tensor]:
@@ -53,13 +56,31 @@ def line_start(warp, lines_x: Tensor, lines_y: Tensor) -> tuple[Tensor, Tensor]:
     return x0, y0
 
 
-def _axis_cell(xs: Tensor, ys: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """One axis map at along ``u`` and across ``v`` (B, M): value, d/du and d/dv (piecewise bilinear)."""
+def uniform_knots(xs: Tensor) -> bool:
+    """Whether every row of knot positions ``xs`` (B, K) is ``linspace(0, 1, K)`` (as zoom warps' are)."""
+    grid = torch.linspace(0.0, 1.0, xs.shape[-1], dtype=xs.dtype, device=xs.device)
+    return bool(torch.allclose(xs, grid.expand_as(xs), rtol=0.0, atol=16 * torch.finfo(xs.dtype).eps))
+
+
+def _axis_cell(xs: Tensor, ys: Tensor, u: Tensor, v: Tensor, uniform: bool = False
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """One axis map at along ``u`` and across ``v`` (B, M): value, d/du and d/dv (piecewise bilinear).
+
+    With ``uniform`` knots (see `uniform_knots`) a point's cell is ``floor(u (K - 1))``, which is
+    several times cheaper than the search through ``xs``.
+    """
     b, rows, k = ys.shape
-    i = torch.searchsorted(xs.contiguous(), u.contiguous(), right=True).sub_(1).clamp_(0, k - 2)
-    x0 = torch.gather(xs, 1, i)
-    dx = (torch.gather(xs, 1, i + 1) - x0).clamp_min(EPS)
-    tu = (u - x0) / dx
+    if uniform:
+        tu = u * (k - 1)
+        i = tu.floor().clamp_(0, k - 2)
+        tu = tu - i
+        i = i.long()
+        dx = torch.full_like(u, 1.0 / (k - 1))
+    else:
+        i = torch.searchsorted(xs.contiguous(), u.contiguous(), right=True).sub_(1).clamp_(0, k - 2)
+        x0 = torch.gather(xs, 1, i)
+        dx = (torch.gather(xs, 1, i + 1) - x0).clamp_min(EPS)
+        tu = (u - x0) / dx
     flat = ys.reshape(b, rows * k)
     if rows == 1:
         f0, f1 = torch.gather(flat, 1, i), torch.gather(flat, 1, i + 1)
@@ -89,6 +110,39 @@ def newton_steps(warp, px: Tensor, py: Tensor, x: Tensor, y: Tensor, steps: int 
         det = (a * d - b * c).clamp_min(EPS)
         x = (x + ((d * rx - b * ry) / det).clamp_(-MAX_STEP, MAX_STEP)).clamp_(0.0, 1.0)
         y = (y + ((a * ry - c * rx) / det).clamp_(-MAX_STEP, MAX_STEP)).clamp_(0.0, 1.0)
+    return x, y
+
+
+def active_solve(warp, px: Tensor, py: Tensor, x: Tensor, y: Tensor, iters: int, steps: int = NEWTON_STEPS
+                 ) -> tuple[Tensor, Tensor]:
+    """Newton for one warp (B = 1) stepping only the points not yet within `CONVERGED_EPS`, then `polish`.
+
+    Far from a zoom's disc the per-line start is already exact, and Newton settles
+    the rest within a few steps, so each step runs on fewer points: an off-centre
+    zoom's grid at 512 px costs about half of fixed steps on every point. Eager and
+    without autograd only (the active set is data-dependent).
+    """
+    x, y = x.clone(), y.clone()
+    converged = CONVERGED_EPS * torch.finfo(x.dtype).eps
+    ux, uy = uniform_knots(warp.xs_x), uniform_knots(warp.xs_y)
+    active = torch.arange(px.shape[1], device=px.device)
+    for step in range(steps + 1):
+        ax, ay, tx, ty = (x, y, px, py) if step == 0 else (x[:, active], y[:, active], px[:, active], py[:, active])
+        lx, a, b = _axis_cell(warp.xs_x, warp.ys_x, ax, ay, ux)
+        ly, d, c = _axis_cell(warp.xs_y, warp.ys_y, ay, ax, uy)
+        rx, ry = tx - lx, ty - ly
+        moving = (torch.maximum(rx.abs(), ry.abs()) > converged)[0]
+        active, ax, ay, rx, ry = active[moving], ax[:, moving], ay[:, moving], rx[:, moving], ry[:, moving]
+        if active.numel() == 0 or step == steps:  # the last pass only measures what is left
+            break
+        a, b, c, d = a[:, moving], b[:, moving], c[:, moving], d[:, moving]
+        det = (a * d - b * c).clamp_min(EPS)
+        x[:, active] = (ax + ((d * rx - b * ry) / det).clamp_(-MAX_STEP, MAX_STEP)).clamp_(0.0, 1.0)
+        y[:, active] = (ay + ((a * ry - c * rx) / det).clamp_(-MAX_STEP, MAX_STEP)).clamp_(0.0, 1.0)
+    bad = active[(torch.maximum(rx.abs(), ry.abs()) > TOLERANCE)[0]]
+    if bad.numel():
+        fx, fy = alternating_inverse(warp, px[:, bad], py[:, bad], iters)
+        x[:, bad], y[:, bad] = fx, fy
     return x, y
 
 
@@ -137,8 +191,11 @@ def grid_inverse(warp, lines_x: Tensor, lines_y: Tensor, iters: int) -> tuple[Te
     x0, y0 = line_start(warp, lines_x, lines_y)
     px = lines_x.unsqueeze(1).expand(b, h, w).reshape(b, -1)
     py = lines_y.unsqueeze(2).expand(b, h, w).reshape(b, -1)
-    x, y = newton_steps(warp, px, py, x0.reshape(b, -1), y0.reshape(b, -1))
-    x, y = _maybe_polish(warp, px, py, x, y, iters)
+    if b == 1 and _eager(x0):
+        x, y = active_solve(warp, px, py, x0.reshape(b, -1), y0.reshape(b, -1), iters)
+    else:
+        x, y = newton_steps(warp, px, py, x0.reshape(b, -1), y0.reshape(b, -1))
+        x, y = _maybe_polish(warp, px, py, x, y, iters)
     return x.view(b, h, w), y.view(b, h, w)
 
 
@@ -149,8 +206,13 @@ def points_inverse(warp, px: Tensor, py: Tensor, iters: int) -> tuple[Tensor, Te
     return _maybe_polish(warp, px, py, x, y, iters)
 
 
+def _eager(x: Tensor) -> bool:
+    """Outside autograd and compilation, where data-dependent steps are allowed."""
+    return not (x.requires_grad or torch.compiler.is_compiling())
+
+
 def _maybe_polish(warp, px: Tensor, py: Tensor, x: Tensor, y: Tensor, iters: int) -> tuple[Tensor, Tensor]:
     """`polish` outside autograd (a traced or differentiated inverse keeps its fixed Newton steps)."""
-    if x.requires_grad or torch.compiler.is_compiling():
+    if not _eager(x):
         return x, y
     return polish(warp, px, py, x, y, iters)
