@@ -13,8 +13,8 @@
   the head has no notion of digits, so each class needs its own examples, and
   30 per class at 1000 classes means 30,000 training composites (and at least
   1000 each in validation and test, 7,000 zoom images), far past a CPU-sized
-  run; the 8,000 bundled digits would also be reused about 11 times each in
-  training. 200 is the most classes that keep 30 examples per class within
+  run; each of the 8,000 bundled digits would also appear in about 12
+  training composites. 200 is the most classes that keep 30 examples per class within
   6,000 composites, twice the default size. Every split holds every class,
   and every digit value appears equally often in every position.
 
