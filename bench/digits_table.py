@@ -274,7 +274,8 @@ def write_readme(readme: Path, text: str, protocol: str = "default", select: boo
     os.replace(tmp, readme)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line, checked: unknown methods, a missing source or a missing retrofit option stop here."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
@@ -314,6 +315,11 @@ def main() -> None:
     if args.data is None and not args.source.is_file():
         sys.exit(f"error: --source {args.source} is not a file")
     check_retrofit_options(args.methods)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     args.prefix = ("" if args.protocol == "default" else f"{args.protocol}-") + \
         ("" if args.backbone == "test_resnet" else f"{args.backbone}-")
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
