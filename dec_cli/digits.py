@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from dec_cli.digitclasses import class_set
 from dec_cli.errors import UsageError
 from dec_cli.scalerange import ScaleRange
 from dec_cli.treeformat import MANIFEST_NAME, output_name, write_manifest, zoom_tag
@@ -42,9 +43,6 @@ DEFAULT_SCALE_RANGE = ScaleRange(0.6, 1.6)
 #: Side of a digit's 28-pixel MNIST box at scale 1, as a fraction of the cell:
 #: at scale 1.6 the box just fills its cell, so the default range never clips.
 GLYPH_FRACTION = 0.625
-#: Offsets that build the label set (see ``class_set``); position 0 is the round's base digit.
-_SECOND = (1, 4, 7, 2, 5, 8, 3, 6, 9, 0)
-_THIRD = (3, 8, 5, 6, 1, 9, 2, 7, 4, 0)
 #: Fixed seed of the source-digit partition: it never depends on the user's seed.
 _PARTITION_SEED = 20250819
 
@@ -64,6 +62,8 @@ class DigitsConfig:
     classes: int = 20
     #: Scale range of ``train/`` and ``val/`` digits; None: ``scale_range`` for every split.
     train_scale_range: Optional[ScaleRange] = None
+    #: The `dec digits --protocol` that chose the defaults (recorded in digits.json unless ``default``).
+    protocol: str = "default"
 
     def __post_init__(self) -> None:
         # A plain (lo, hi) pair from Python goes through ScaleRange's one check (ValueError if out of bounds).
@@ -105,28 +105,6 @@ class DigitsResult:
 
 
 # --------------------------------------------------------------------------- label set and layout
-
-
-def class_set(digits: int, n_classes: int) -> list[tuple[int, ...]]:
-    """The ``n_classes`` digit tuples used as classes, independent of any seed.
-
-    Class ``k`` has base digit ``i = k % 10`` in round ``r = k // 10``: the tuple is
-    ``(i, i + a_r, i + b_r)`` (mod 10, truncated to ``digits`` places) with fixed
-    offsets per round. Every round uses every base digit once, and from two
-    rounds on, no single position determines the class, so a model must read
-    every digit. Up to 100 classes.
-    """
-    if digits not in (2, 3):
-        raise UsageError(f"--digits must be 2 or 3; got {digits}")
-    if not 2 <= n_classes <= 100:
-        raise UsageError(f"--classes must be between 2 and 100; got {n_classes}",
-                         "20 (the default) keeps the task CPU-sized")
-    out = []
-    for k in range(n_classes):
-        r, i = divmod(k, 10)
-        tup = (i, (i + _SECOND[r]) % 10, (i + _THIRD[r]) % 10)
-        out.append(tup[:digits])
-    return out
 
 
 def class_name(tup: Sequence[int]) -> str:
@@ -440,6 +418,8 @@ def config_json(config: DigitsConfig) -> dict:
         del data["train_scale_range"]
     else:
         data["train_scale_range"] = list(config.train_scale_range)
+    if config.protocol == "default":
+        del data["protocol"]
     return data
 
 

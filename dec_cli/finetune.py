@@ -47,6 +47,8 @@ def check_options(cfg: FinetuneConfig) -> None:
         (cfg.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
         (cfg.dec_warmup_epochs >= 0, "--dec-warmup-epochs must be >= 0"),
         (cfg.eq_weight >= 0, "--eq-weight must be >= 0"),
+        (cfg.consistency_weight >= 0 and math.isfinite(cfg.consistency_weight),
+         "--consistency-weight must be a finite number >= 0"),
         (cfg.canon_weight >= 0, "--canon-weight must be >= 0"),
         (0 <= cfg.aug_prob <= 1, "--aug-prob must lie in [0, 1]"),
         (1 <= cfg.grid <= MAX_GRID and 1 <= cfg.rows <= MAX_ROWS,

@@ -40,7 +40,10 @@ class FinetuneConfig:
     dec_warmup_epochs: int = _option(0, "Train the DEC alone for this many epochs first, backbone frozen.")
     freeze_backbone: bool = _option(False, "Train only the DEC (and a new head).",
                                     flag="--freeze-backbone/--no-freeze-backbone")
-    eq_weight: float = _option(0.0, "Weight of the invariance loss between f(x) and f(S x), S a random warp.")
+    eq_weight: float = _option(0.0, "Weight of the invariance loss: symmetric KL divergence between the "
+                                    "predictions for x and for S x, S a random warp.")
+    consistency_weight: float = _option(0.0, "Weight of the logits consistency loss: mean squared difference "
+                                             "between the logits of x and of S x (the paper uses 0.01).")
     canon_weight: float = _option(0.0, "Weight of the DEC canonicalization loss: Phi(S x) should be S o Phi(x) "
                                        "(DEC checkpoints).")
     aug_prob: float = _option(0.0, "Probability that a training batch is replaced by warped copies.")

@@ -175,17 +175,18 @@ class Trainer:
         """The training loss of one batch and its logits: cross-entropy plus the paired terms.
 
         ``--aug-prob`` replaces the batch by warped copies. ``--eq-weight`` adds the
-        symmetric KL divergence between the predictions for x and for S(x; T), and
+        symmetric KL divergence between the predictions for x and for S(x; T),
+        ``--consistency-weight`` the mean squared difference of their logits, and
         ``--canon-weight`` the canonicalization loss of the DEC modules
         (:mod:`dec_cli.canonloss`), for one random warp T per image drawn only when
-        either is on.
+        any of them is on.
         """
         cfg = self.cfg
         # the random draws happen whatever the options, so streams stay aligned
         aug = torch.rand((), generator=gen).item() < cfg.aug_prob
         if aug:
             x = apply_warp(x, self._warp(x.shape[0], gen))
-        paired = cfg.eq_weight > 0 or cfg.canon_weight > 0
+        paired = cfg.eq_weight > 0 or cfg.canon_weight > 0 or cfg.consistency_weight > 0
         with self._autocast(), dec_outputs(self.model) as warps:
             if paired:
                 known = self._warp(x.shape[0], gen)
@@ -195,6 +196,8 @@ class Trainer:
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         if cfg.eq_weight > 0:
             loss = loss + cfg.eq_weight * symmetric_kl(logits, logits_w).mean().float()
+        if cfg.consistency_weight > 0:
+            loss = loss + cfg.consistency_weight * F.mse_loss(logits, logits_w)
         if cfg.canon_weight > 0:
             loss = loss + cfg.canon_weight * canon_loss(warps, known)
         return loss, logits

@@ -5,9 +5,12 @@ running the bench, never by a timed test.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,3 +84,41 @@ def test_digits_table_rejects_unknown_methods(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "digits_table.py"), "--out", str(tmp_path),
                            "--methods", "plain,aug"], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "unknown method(s) aug" in proc.stderr
+
+
+def test_digits_table_paper_protocol_and_paper_recipe(tmp_path):
+    """`--protocol paper` builds `dec digits --protocol paper`; `dec-paper` retrofits the warp-aug model."""
+    out, dest = tmp_path / "table", tmp_path / "runs.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "digits_table.py"), "--out", str(out), "--protocol", "paper",
+           "--methods", "plain,dec-paper", "--seeds", "0", "--epochs", "1", "--classes", "4", "--n-train", "8",
+           "--n-val", "4", "--n-test", "4", "--threads", "1", "--json", str(dest)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((out / "digits-paper" / "digits.json").read_text())["config"]
+    assert (config["protocol"], config["digits"], config["classes"], config["scale_range"]) == ("paper", 3, 4, [0.4, 2.0])
+    runs = json.loads(dest.read_text())
+    assert [r["method"] for r in runs] == ["plain", "dec-paper"]
+    assert runs[1]["zoom"]["data"]["zooms"] == [0.4, 0.6, 0.8, 1.0, 1.25, 1.6, 2.0]
+    log = (out / "paper-dec-paper-s0.log").read_text()
+    assert f"--weights {out / 'paper-warp-aug-s0' / 'best.safetensors'}" in log  # from the warp-aug model
+    import torch
+
+    options = json.loads(torch.load(out / "paper-dec-paper-s0" / "state.pt", weights_only=True)["options"])
+    assert {k: options[k] for k in ("lr", "dec_lr", "dec_warmup_epochs", "consistency_weight", "aug_prob")} == \
+        {"lr": 1e-7, "dec_lr": 1e-2, "dec_warmup_epochs": 1, "consistency_weight": 0.01, "aug_prob": 0.5}
+    assert "| DEC, paper recipe (from warp augmentation) | 0 |" in (out / "paper-table.md").read_text()
+
+
+def test_digits_table_image_dec_needs_the_retrofit_option(tmp_path):
+    """Without `dec retrofit --dec-input`, `dec-image` stops with one line before anything is built or trained."""
+    help_text = subprocess.run([sys.executable, "-m", "dec_cli", "retrofit", "--help"], capture_output=True,
+                               text=True, timeout=60, env={**os.environ, "COLUMNS": "300"}).stdout
+    if "--dec-input" in help_text:
+        pytest.skip("this dec has the image-input DEC")
+    out = tmp_path / "table"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "digits_table.py"), "--out", str(out),
+                           "--protocol", "paper", "--methods", "plain,dec-image"], capture_output=True, text=True,
+                          timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: method(s) dec-image need")
+    assert "--dec-input" in lines[0] and not out.exists()
