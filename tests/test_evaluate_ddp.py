@@ -79,3 +79,23 @@ def test_torchrun_on_the_fly_zoom_sweep_matches_single_process(tmp_path, run_dec
     assert two["per_zoom"] == one["per_zoom"]
     assert two["metrics"]["flip_rate"] == one["metrics"]["flip_rate"]
     assert two["metrics"]["zoom_consistency_min"] == one["metrics"]["zoom_consistency_min"]
+
+
+def test_torchrun_rank_whose_whole_shard_is_unreadable(tmp_path, run_dec):
+    """Every image of rank 1's shard is corrupt: no rank hangs or fails alone; the report lists them
+    as unreadable, exactly as one process does, and the readable shard is evaluated."""
+    from test_evaluate import CLASSES, make_tree  # noqa: E402
+
+    data = make_tree(tmp_path / "plain", per_class=2, odd_modes=False, corrupt=False)
+    files = sorted(p for p in data.rglob("*.png"))
+    for path in files[1::2]:  # shard_indices(n, 1, 2): the odd indices of the sorted samples
+        path.write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(CLASSES) + "\n")
+    args = ["evaluate", "test_resnet", "--random-init", "--class-map", str(classes), "--data", str(data),
+            "--img-size", "32", "--warps", "1", "--batch-size", "2", "--device", "cpu", "--quiet"]
+    one, two = _single_and_torchrun(run_dec, args, tmp_path)
+    bad = sorted(str(p.relative_to(data)) for p in files[1::2])
+    assert sorted(u["path"] for u in one["unreadable"]) == bad
+    assert two["unreadable"] == one["unreadable"] and two["data"] == one["data"]
+    assert two["models"][0]["metrics"]["images"] == one["models"][0]["metrics"]["images"] == len(files) - len(bad)
