@@ -269,63 +269,43 @@ def _check_layout(path: str, shape: tuple, layout: str) -> None:
                          "choose insertion points from the model's feature_info or fix the recipe's layout")
 
 
-def retrofit(model: nn.Module, *, recipe: Union[None, str, Path, dict, Recipe] = None,
-             at: Union[None, str, Sequence[str]] = None, mode: Optional[str] = None,
-             grid: Optional[int] = None, rows: Optional[int] = None, iters: Optional[int] = None,
-             img_size: Optional[int] = None, **dec_overrides: Any) -> nn.Module:
-    """Insert DEC modules into the timm ``model`` in place and return it.
+def _feature_points(model: nn.Module) -> list[str]:
+    """The module paths timm's ``feature_info`` lists: the natural insertion points."""
+    return [f["module"] for f in getattr(model, "feature_info", []) if isinstance(f, dict) and "module" in f]
 
-    At init every DEC proposes the identity warp, so the model computes what it
-    computed before (up to float rounding). Records the resolved recipe in ``model.dec_info``.
-    """
-    info = info_of(model)
-    name = info.model_name
-    stored_points = recipe.get("points") if isinstance(recipe, dict) else None
-    if isinstance(at, str):
-        at = [a.strip() for a in at.split(",") if a.strip()]
-    if mode is not None and mode not in MODES:
-        raise UsageError(f"unknown mode {mode!r}", f"use one of {', '.join(MODES)}")
-    if dec_modules(model):
-        raise UsageError("this model already has DEC modules", "retrofit a plain timm backbone")
+
+def _check_points(model: nn.Module, name: str, points: list[str]) -> None:
+    """Refuse insertion points the model lacks, the root module, or a point listed twice."""
     modules = dict(model.named_modules())
-    valid = [f["module"] for f in getattr(model, "feature_info", []) if isinstance(f, dict) and "module" in f]
+    for path in points:
+        if path not in modules or path == "":
+            valid = _feature_points(model)
+            hint = f"insertion points of {name}: {', '.join(valid)}" if valid else "use module paths of model.named_modules()"
+            raise UsageError(f"{name} has no module {path!r}", hint)
+    if len(set(points)) != len(points):
+        raise UsageError(f"insertion point listed twice: {', '.join(points)}")
 
-    def check_points(points: list[str]) -> None:
-        for path in points:
-            if path not in modules or path == "":
-                hint = f"insertion points of {name}: {', '.join(valid)}" if valid else "use module paths of model.named_modules()"
-                raise UsageError(f"{name} has no module {path!r}", hint)
-        if len(set(points)) != len(points):
-            raise UsageError(f"insertion point listed twice: {', '.join(points)}")
 
-    check_points(list(at or []))
-    if recipe == AUTO or (recipe is None and find_recipe(name) is None):
-        rec = _recipe_from_dict(auto_recipe(model, name, at=at, img_size=img_size), AUTO)
-    else:
-        rec = resolve_recipe(recipe, name)
-    points = list(at) if at else list(rec.at)
-    check_points(points)
-    mode = mode or rec.mode
-    try:
-        settings = DECSettings.from_dict({**rec.dec, **{k: v for k, v in dict(
-            grid=grid, rows=rows, iters=iters, **dec_overrides).items() if v is not None}})
-    except (TypeError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
-
+def _point_inputs(model: nn.Module, name: str, points: list[str], rec: Recipe,
+                  stored_points: Any, img_size: Optional[int]) -> tuple[dict, dict]:
+    """Input shapes and channel counts at each point: from a checkpoint's record, else by a probe forward."""
     known = {p["path"]: p for p in (stored_points or []) if isinstance(p, dict) and "path" in p}
     if all(p in known and "in_channels" in known[p] for p in points):
         shapes = {p: tuple(known[p].get("shape") or ()) for p in points}
-        channels = {p: int(known[p]["in_channels"]) for p in points}
-    else:
-        shapes = probe_inputs(model, points, img_size)
-        missing = [p for p in points if p not in shapes]
-        if missing:
-            raise UsageError(f"{', '.join(missing)} never ran in a forward pass of {name}",
-                             f"insertion points of {name}: {', '.join(valid)}")
-        for p in points:
-            _check_layout(p, shapes[p], rec.layout)
-        channels = {p: _channels(shapes[p], rec.layout) for p in points}
+        return shapes, {p: int(known[p]["in_channels"]) for p in points}
+    shapes = probe_inputs(model, points, img_size)
+    missing = [p for p in points if p not in shapes]
+    if missing:
+        raise UsageError(f"{', '.join(missing)} never ran in a forward pass of {name}",
+                         f"insertion points of {name}: {', '.join(_feature_points(model))}")
+    for p in points:
+        _check_layout(p, shapes[p], rec.layout)
+    return shapes, {p: _channels(shapes[p], rec.layout) for p in points}
 
+
+def _insert_blocks(model: nn.Module, points: list[str], channels: dict, settings: DECSettings,
+                   rec: Recipe, mode: str) -> int:
+    """Wrap each point's module in a DECBlock with a fresh DEC; return the prefix-token count used."""
     prefix = 0 if rec.layout != "tokens" else rec.prefix_tokens if rec.prefix_tokens is not None \
         else int(getattr(model, "num_prefix_tokens", 0) or 0)
     patch_embed = getattr(model, "patch_embed", None) if rec.layout == "tokens" else None
@@ -344,7 +324,42 @@ def retrofit(model: nn.Module, *, recipe: Union[None, str, Path, dict, Recipe] =
         # Token grids of non-square inputs (dynamic_img_size) follow the latest input image.
         model._dec_token_blocks = wrappers
         model.register_forward_pre_hook(_record_image_size)
+    return prefix
 
+
+def retrofit(model: nn.Module, *, recipe: Union[None, str, Path, dict, Recipe] = None,
+             at: Union[None, str, Sequence[str]] = None, mode: Optional[str] = None,
+             grid: Optional[int] = None, rows: Optional[int] = None, iters: Optional[int] = None,
+             img_size: Optional[int] = None, **dec_overrides: Any) -> nn.Module:
+    """Insert DEC modules into the timm ``model`` in place and return it.
+
+    At init every DEC proposes the identity warp, so the model computes what it
+    computed before (up to float rounding). Records the resolved recipe in ``model.dec_info``.
+    """
+    info = info_of(model)
+    name = info.model_name
+    stored_points = recipe.get("points") if isinstance(recipe, dict) else None
+    if isinstance(at, str):
+        at = [a.strip() for a in at.split(",") if a.strip()]
+    if mode is not None and mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r}", f"use one of {', '.join(MODES)}")
+    if dec_modules(model):
+        raise UsageError("this model already has DEC modules", "retrofit a plain timm backbone")
+    _check_points(model, name, list(at or []))
+    if recipe == AUTO or (recipe is None and find_recipe(name) is None):
+        rec = _recipe_from_dict(auto_recipe(model, name, at=at, img_size=img_size), AUTO)
+    else:
+        rec = resolve_recipe(recipe, name)
+    points = list(at) if at else list(rec.at)
+    _check_points(model, name, points)
+    mode = mode or rec.mode
+    try:
+        settings = DECSettings.from_dict({**rec.dec, **{k: v for k, v in dict(
+            grid=grid, rows=rows, iters=iters, **dec_overrides).items() if v is not None}})
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    shapes, channels = _point_inputs(model, name, points, rec, stored_points, img_size)
+    prefix = _insert_blocks(model, points, channels, settings, rec, mode)
     resolved = rec.to_dict()
     resolved.update(at=points, mode=mode, dec=settings.to_dict(),
                     points=[{"path": p, "layout": rec.layout, "in_channels": channels[p],
