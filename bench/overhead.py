@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dec_cli.backbone import create_backbone  # noqa: E402
-from dec_cli.retrofit import backbone_parameters, count_parameters, dec_parameters, retrofit  # noqa: E402
+from dec_cli.backbones.backbone import create_backbone  # noqa: E402
+from dec_cli.canon.retrofit import backbone_parameters, count_parameters, dec_parameters, retrofit  # noqa: E402
 
 
 def sync(device: str) -> None:

@@ -13,7 +13,7 @@
 #     canonicalization loss (--canon-weight 1) and the invariance loss
 #     (--eq-weight 1).
 # Both on the digits benchmark with the demo's settings (DEMO_CONFIG in
-# dec_cli/demo.py: `dec digits` defaults, seed 0), 64x64 inputs, fixed seeds.
+# dec_cli/jobs/demo.py: `dec digits` defaults, seed 0), 64x64 inputs, fixed seeds.
 # Set EPOCHS, THREADS, OUT to change the run; anything else is fixed here.
 set -euo pipefail
 cd "$(dirname "$0")/.."

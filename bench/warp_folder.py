@@ -47,13 +47,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dec_cli import images
-from dec_cli.folderwarp import run_warp
-from dec_cli.randomwarp import keyed_warp
-from dec_cli.treeformat import is_image_path
-from dec_cli.warp import apply_warp
-from dec_cli.warpgrid import sampling_grid
-from dec_cli.warpplan import WarpSettings
+from dec_cli.trees import images
+from dec_cli.jobs.folderwarp import run_warp
+from dec_cli.warps.randomwarp import keyed_warp
+from dec_cli.trees.treeformat import is_image_path
+from dec_cli.warps.apply import apply_warp
+from dec_cli.warps.warpgrid import sampling_grid
+from dec_cli.trees.warpplan import WarpSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zoom_sweep import print_zoom_rows, worker_scaling, zoom_vs_random  # noqa: E402  (this folder's sibling module)

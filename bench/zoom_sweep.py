@@ -20,8 +20,8 @@ from typing import Sequence
 
 from PIL import Image
 
-from dec_cli.folderwarp import run_warp
-from dec_cli.warpplan import WarpSettings
+from dec_cli.jobs.folderwarp import run_warp
+from dec_cli.trees.warpplan import WarpSettings
 
 ZOOMS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.1, 1.25, 1.4, 1.6, 1.8)
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dec_cli import load_model
-from dec_cli.backbone import create_backbone
-from dec_cli.errors import UsageError
-from dec_cli.retrofit import dec_modules, retrofit
+from dec_cli.backbones.backbone import create_backbone
+from dec_cli.core.errors import UsageError
+from dec_cli.canon.retrofit import dec_modules, retrofit
 
 SIZE = 64
 # Architectures outside the six recipe families (vit, deit, beit, swin, resnet, convnext), with the

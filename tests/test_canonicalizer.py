@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from dec_cli.canonicalizer import DEC, DECSettings
-from dec_cli.randomwarp import random_warp
-from dec_cli.retrofit import DECBlock
-from dec_cli.warp import apply_warp
+from dec_cli.canon.canonicalizer import DEC, DECSettings
+from dec_cli.warps.randomwarp import random_warp
+from dec_cli.canon.retrofit import DECBlock
+from dec_cli.warps.apply import apply_warp
 
 
 def smooth_maps(b: int = 2, c: int = 4, h: int = 32, w: int = 32) -> torch.Tensor:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dec_cli.canonicalizer import DEC
-from dec_cli.canonloss import canon_loss, dec_outputs
-from dec_cli.retrofit import DECBlock
-from dec_cli.randomwarp import random_warp
-from dec_cli.warp import Warp, apply_warp, compose
+from dec_cli.canon.canonicalizer import DEC
+from dec_cli.canon.canonloss import canon_loss, dec_outputs
+from dec_cli.canon.retrofit import DECBlock
+from dec_cli.warps.randomwarp import random_warp
+from dec_cli.warps.warp import Warp, compose
+from dec_cli.warps.apply import apply_warp
 
 
 def _warps(n: int, seed: int, rows: int = 1) -> Warp:

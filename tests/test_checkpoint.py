@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import save_file
 
 from dec_cli import load_model, save_model
-from dec_cli.backbone import create_backbone
-from dec_cli.checkpoint import read_metadata
-from dec_cli.errors import DecError, UsageError
-from dec_cli.retrofit import dec_modules, retrofit
+from dec_cli.backbones.backbone import create_backbone
+from dec_cli.backbones.checkpoint import read_metadata
+from dec_cli.core.errors import DecError, UsageError
+from dec_cli.canon.retrofit import dec_modules, retrofit
 
 KW = {"img_size": 32, "patch_size": 8}  # test_vit with a 4x4 token grid
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))

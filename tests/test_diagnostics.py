@@ -9,13 +9,13 @@ import json
 import pytest
 import torch
 
-from dec_cli.backbone import create_backbone
-from dec_cli.checkpoint import load_model, save_model
-from dec_cli.data import eval_transform, load_image, scan_image_folder
-from dec_cli.diagnostics import Probe, capture, dec_blocks
-from dec_cli.evaluate import EvalSettings, image_warps
-from dec_cli.retrofit import dec_modules, retrofit
-from dec_cli.warp import apply_warp
+from dec_cli.backbones.backbone import create_backbone
+from dec_cli.backbones.checkpoint import load_model, save_model
+from dec_cli.trees.data import eval_transform, load_image, scan_image_folder
+from dec_cli.canon.diagnostics import Probe, capture, dec_blocks
+from dec_cli.evaluation.evaluate import EvalSettings, image_warps
+from dec_cli.canon.retrofit import dec_modules, retrofit
+from dec_cli.warps.apply import apply_warp
 from test_evaluate import CLASSES, IMG, make_tree, make_zoom_tree
 
 ITERS = 4

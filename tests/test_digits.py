@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dec_cli import demo
-from dec_cli.digits import DigitsConfig, build_digits, cell_origins, class_set, read_composites, render
-from dec_cli.errors import DecError
-from dec_cli.treeformat import output_name
+from dec_cli.jobs import demo
+from dec_cli.jobs.digits import DigitsConfig, build_digits, cell_origins, class_set, read_composites, render
+from dec_cli.core.errors import DecError
+from dec_cli.trees.treeformat import output_name
 
-NPZ = Path(demo.__file__).parent / "data" / "mnist-8k.npz"
+NPZ = demo.DATA_DIR / "mnist-8k.npz"
 SMALL = ["--n-train", "60", "--n-val", "20", "--n-test", "20"]
 
 
@@ -330,7 +330,7 @@ def test_demo_without_models_says_so(monkeypatch, tmp_path):
 
 @pytest.mark.skipif(not all(p.is_file() for p in demo.demo_model_paths()), reason="bundled models not trained yet")
 def test_bundled_models_match_the_demo_data():
-    from dec_cli.checkpoint import load_model
+    from dec_cli.backbones.checkpoint import load_model
 
     names = ["".join(map(str, t)) for t in class_set(demo.DEMO_CONFIG.digits, demo.DEMO_CONFIG.classes)]
     models = [load_model(p) for p in demo.demo_model_paths()]

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from dec_cli import demo
-from dec_cli.digitclasses import class_set
-from dec_cli.digits import read_composites
-from dec_cli.digitsprotocol import PAPER_CLASSES
+from dec_cli.jobs import demo
+from dec_cli.jobs.digitclasses import class_set
+from dec_cli.jobs.digits import read_composites
+from dec_cli.jobs.digitsprotocol import PAPER_CLASSES
 
-NPZ = Path(demo.__file__).parent / "data" / "mnist-8k.npz"
+NPZ = demo.DATA_DIR / "mnist-8k.npz"
 SMALL = ["--n-train", "60", "--n-val", "20", "--n-test", "20"]
 #: sha256 of digits.json and composites.jsonl of `dec digits NPZ DST --quiet SMALL` before protocols existed.
 DEFAULT_BUILD = {"digits.json": "ec26d797cac9c96693fedcf58c8a2c7003ff6402a9335452c3750fa4e9443035",

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from dec_cli.checkpoint import load_model, save_model
-from dec_cli.data import eval_transform, load_image, scan_image_folder
-from dec_cli.evaluate import EvalSettings, image_warps
-from dec_cli.retrofit import retrofit
-from dec_cli.warp import apply_warp
-from dec_cli.zoom import zoom_warp
+from dec_cli.backbones.checkpoint import load_model, save_model
+from dec_cli.trees.data import eval_transform, load_image, scan_image_folder
+from dec_cli.evaluation.evaluate import EvalSettings, image_warps
+from dec_cli.canon.retrofit import retrofit
+from dec_cli.warps.apply import apply_warp
+from dec_cli.warps.zoom import zoom_warp
 from helpers import assert_metric_close, plot_panels
 
 CLASSES = ["circle", "square", "stripes"]
@@ -358,9 +358,9 @@ def test_usage_errors(run_dec, assets, tmp_path):
 
 
 def test_no_arguments_runs_the_demo_inputs(run_dec, assets, monkeypatch, tmp_path):
-    import dec_cli.demo
+    import dec_cli.jobs.demo
 
-    monkeypatch.setattr(dec_cli.demo, "demo_inputs", lambda *a, **k: ([assets["ckpt"]], assets["zoom"]))
+    monkeypatch.setattr(dec_cli.jobs.demo, "demo_inputs", lambda *a, **k: ([assets["ckpt"]], assets["zoom"]))
     result = run_dec("evaluate", "--img-size", IMG, "--json", tmp_path / "demo.json")
     assert result.code == 0, result.err
     doc = json.loads((tmp_path / "demo.json").read_text())

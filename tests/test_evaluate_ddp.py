@@ -9,8 +9,8 @@ import sys
 
 import torch
 
-from dec_cli.checkpoint import load_model
-from dec_cli.distributed import ShardSampler, shard_indices
+from dec_cli.backbones.checkpoint import load_model
+from dec_cli.core.distributed import ShardSampler, shard_indices
 
 from helpers import assert_metric_close  # noqa: E402  (tests/ is on sys.path under pytest)
 from test_evaluate import make_zoom_tree  # noqa: E402

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from dec_cli.checkpoint import load_model
+from dec_cli.backbones.checkpoint import load_model
 from dec_cli.cli import main
-from dec_cli.data import NO_LABEL, eval_transform, load_image, scan_image_folder
-from dec_cli.errors import UsageError
-from dec_cli.metrics import LABEL_METRICS, flip_rate
+from dec_cli.trees.data import NO_LABEL, eval_transform, load_image, scan_image_folder
+from dec_cli.core.errors import UsageError
+from dec_cli.evaluation.metrics import LABEL_METRICS, flip_rate
 from helpers import assert_metric_close, lite0_weights, plot_panels
 from test_evaluate import make_tree
 

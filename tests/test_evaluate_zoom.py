@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dec_cli.data import data_config, eval_transform, load_image, scan_image_folder
-from dec_cli.evalzoom import ZoomOptions, crop_window, plan_sweep
-from dec_cli.checkpoint import load_model
-from dec_cli.folderwarp import run_warp
-from dec_cli.warpplan import WarpSettings
+from dec_cli.trees.data import data_config, eval_transform, load_image, scan_image_folder
+from dec_cli.evaluation.evalzoom import ZoomOptions, crop_window, plan_sweep
+from dec_cli.backbones.checkpoint import load_model
+from dec_cli.jobs.folderwarp import run_warp
+from dec_cli.trees.warpplan import WarpSettings
 
 from test_evaluate import CLASSES, make_tree  # noqa: E402  (tests/ is on sys.path under pytest)
 

@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-from dec_cli import files
-from dec_cli.files import atomic_file, atomic_path, write_text_atomic
+from dec_cli.core import files
+from dec_cli.core.files import atomic_file, atomic_path, write_text_atomic
 
 
 def _leftovers(folder) -> list[str]:
@@ -80,7 +80,7 @@ def test_a_failed_rename_removes_the_temporary(tmp_path):
 
 
 def test_stale_temporaries_are_swept_and_nothing_else(tmp_path):
-    from dec_cli.files import remove_stale_temporaries
+    from dec_cli.core.files import remove_stale_temporaries
 
     keep = [".dec-warp-job.json", ".hidden.png", "cat.part.png", "a/.notes.part", "a/b.png"]
     stale = [".cat.png.123-4.part.png", "a/.x.safetensors.9-0.part.safetensors",

@@ -61,9 +61,9 @@ def make_shapes(root: Path, *, n_train: int = 6, n_val: int = 3, seed: int = 0,
 
 def make_dec_checkpoint(path: Path, classes: list[str] = CLASSES) -> Path:
     """A DEC-retrofitted tiny ViT (32x32 inputs, 4x4 patch tokens) saved with class names."""
-    from dec_cli.backbone import create_backbone
-    from dec_cli.checkpoint import save_model
-    from dec_cli.retrofit import retrofit
+    from dec_cli.backbones.backbone import create_backbone
+    from dec_cli.backbones.checkpoint import save_model
+    from dec_cli.canon.retrofit import retrofit
 
     torch.manual_seed(0)
     model = create_backbone("test_vit", num_classes=len(classes), img_size=SIZE, patch_size=8)
@@ -125,7 +125,7 @@ def _copy_run(src: Path, dst: Path) -> Path:
 
 
 def test_loss_falls_and_outputs_are_readable(full_run, shapes, dec_ckpt, run_dec):
-    from dec_cli.checkpoint import load_model
+    from dec_cli.backbones.checkpoint import load_model
 
     out, summary = full_run
     rows = _rows(out)
@@ -184,8 +184,8 @@ def test_plain_timm_name_new_head_and_config_file(run_dec, shapes, tmp_path):
 
 
 def test_dec_warmup_and_freeze_backbone_train_only_the_dec(run_dec, shapes, dec_ckpt, tmp_path):
-    from dec_cli.checkpoint import load_model
-    from dec_cli.retrofit import dec_modules
+    from dec_cli.backbones.checkpoint import load_model
+    from dec_cli.canon.retrofit import dec_modules
 
     model = load_model(str(dec_ckpt))
     dec_keys = {f"{name}.{k}" for name, mod in model.named_modules() if mod in dec_modules(model)
@@ -204,9 +204,9 @@ def test_dec_warmup_and_freeze_backbone_train_only_the_dec(run_dec, shapes, dec_
 
 
 def test_frozen_backbone_keeps_its_batch_norm_statistics(run_dec, shapes, tmp_path):
-    from dec_cli.backbone import create_backbone
-    from dec_cli.checkpoint import save_model
-    from dec_cli.retrofit import retrofit
+    from dec_cli.backbones.backbone import create_backbone
+    from dec_cli.backbones.checkpoint import save_model
+    from dec_cli.canon.retrofit import retrofit
 
     torch.manual_seed(0)
     model = create_backbone("test_resnet", num_classes=len(CLASSES))
@@ -239,7 +239,7 @@ def _interrupt_at(epoch: int):
 
 
 def test_resume_after_interrupt_equals_uninterrupted_run(run_dec, full_run, shapes, dec_ckpt, tmp_path):
-    from dec_cli.finetune import finetune
+    from dec_cli.jobs.finetune import finetune
 
     full, _ = full_run
     cut = tmp_path / "cut"

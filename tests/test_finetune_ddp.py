@@ -44,7 +44,7 @@ def test_two_process_torchrun_finishes_and_only_rank0_writes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "dec.safetensors", "run", "summary.json"]
     console = proc.stdout + proc.stderr
     assert console.count("best val acc") == 1 and console.count("epoch 1/2 ") == 1
-    from dec_cli.checkpoint import load_model
+    from dec_cli.backbones.checkpoint import load_model
 
     model = load_model(str(out / "last.safetensors"))
     assert model.dec_info["dec"] and model.dec_info["provenance"]["epochs"] == 2

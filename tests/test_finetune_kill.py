@@ -28,7 +28,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("kill")
     shapes = make_shapes(root / "shapes", n_train=4, n_val=2)
     ckpt = make_dec_checkpoint(root / "dec.safetensors")
-    from dec_cli.finetune import finetune
+    from dec_cli.jobs.finetune import finetune
 
     full = root / "full"
     finetune(str(ckpt), shapes, full, dict(OPTIONS))
@@ -41,7 +41,7 @@ def _killed_at(n: int, before: bool, ckpt: Path, shapes: Path, out: Path) -> boo
     pid = os.fork()
     if pid == 0:  # the child never returns into pytest
         try:
-            from dec_cli.finetune import finetune
+            from dec_cli.jobs.finetune import finetune
 
             real, count = os.replace, [0]
 
@@ -74,7 +74,7 @@ def _same_weights(a: Path, b: Path) -> None:
 
 @pytest.mark.parametrize("before", [False, True], ids=["after-rename", "before-rename"])
 def test_sigkill_at_every_write_resumes_bit_identical(setup, tmp_path, before, run_dec):
-    from dec_cli.finetune import finetune
+    from dec_cli.jobs.finetune import finetune
 
     shapes, ckpt, full = setup
     n = 0

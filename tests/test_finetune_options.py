@@ -11,9 +11,9 @@ import pytest
 import typer
 
 from dec_cli.cli import app
-from dec_cli.errors import UsageError
-from dec_cli.finetune_options import FinetuneConfig, command_line_options, command_text
-from dec_cli.optimizer import lr_factor
+from dec_cli.core.errors import UsageError
+from dec_cli.training.finetune_options import FinetuneConfig, command_line_options, command_text
+from dec_cli.training.optimizer import lr_factor
 
 
 def _finetune_command():

@@ -18,9 +18,9 @@ from PIL import Image
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
 from dec_cli import load_model
-from dec_cli.weights import read_weights
-from dec_cli.errors import DecError
-from dec_cli.foreign_weights import convert, detect_layout
+from dec_cli.backbones.weights import read_weights
+from dec_cli.core.errors import DecError
+from dec_cli.backbones.foreign_weights import convert, detect_layout
 
 DATA = Path(__file__).parent / "data"
 

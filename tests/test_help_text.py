@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dec_cli.cli_render import console_for
+from dec_cli.cli.render import console_for
 
 COMMANDS = ("digits", "evaluate", "finetune", "retrofit", "info", "models", "warp", "unwarp")
 

@@ -39,9 +39,9 @@ def tree(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    from dec_cli.backbone import create_backbone
-    from dec_cli.checkpoint import save_model
-    from dec_cli.retrofit import retrofit
+    from dec_cli.backbones.backbone import create_backbone
+    from dec_cli.backbones.checkpoint import save_model
+    from dec_cli.canon.retrofit import retrofit
 
     model = create_backbone("test_vit", num_classes=3)
     retrofit(model)

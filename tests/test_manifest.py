@@ -1,4 +1,4 @@
-"""Hostile and careless manifests: `dec unwarp` and `dec evaluate` judge every record (dec_cli.treeformat).
+"""Hostile and careless manifests: `dec unwarp` and `dec evaluate` judge every record (dec_cli.trees.treeformat).
 
 Paths that leave their root (``..``, absolute, through a symlink), knots that do not make a valid
 warp, and lines that are not records are listed as bad with their line number; the valid records
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from dec_cli.randomwarp import keyed_warp
-from dec_cli.scalerange import SCALE_LIMITS
-from dec_cli.treeformat import (check_warp, is_image_path, mask_name, output_name, read_manifest, write_manifest,
+from dec_cli.warps.randomwarp import keyed_warp
+from dec_cli.warps.scalerange import SCALE_LIMITS
+from dec_cli.trees.treeformat import (check_warp, is_image_path, mask_name, output_name, read_manifest, write_manifest,
                                 zoom_source_name)
-from dec_cli.zoom import zoom_warp
+from dec_cli.warps.zoom import zoom_warp
 
 DATA = Path(__file__).parent / "data"
 
@@ -245,8 +245,8 @@ def test_manifest_that_is_not_a_file_is_a_usage_error(run_dec, warped, tmp_path)
 
 def test_evaluate_refuses_a_zoom_manifest_with_bad_records(tmp_path):
     """evaluate's zoom groups come from the manifest: a bad record stops it with one line (exit 2)."""
-    from dec_cli.data import scan_image_folder
-    from dec_cli.errors import UsageError
+    from dec_cli.trees.data import scan_image_folder
+    from dec_cli.core.errors import UsageError
 
     root = tmp_path / "data"
     (root / "cat").mkdir(parents=True)

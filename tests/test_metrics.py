@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from dec_cli.errors import UsageError
-from dec_cli.metrics import (batch_records, parse_fail_if, prob_l2, strength_edges, summarize, symmetric_kl,
+from dec_cli.core.errors import UsageError
+from dec_cli.evaluation.metrics import (batch_records, parse_fail_if, prob_l2, strength_edges, summarize, symmetric_kl,
                              topk_hits, warp_strength)
-from dec_cli.randomwarp import random_warp
-from dec_cli.warp import Warp
+from dec_cli.warps.randomwarp import random_warp
+from dec_cli.warps.warp import Warp
 
 LOG3 = math.log(3.0)
 

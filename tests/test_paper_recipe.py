@@ -27,9 +27,9 @@ def dec_ckpt(tmp_path_factory):
 
 def test_paper_learning_rates_reach_the_optimizer_unclamped(dec_ckpt):
     """Every step's backbone rate is exactly 1e-5 of the DEC's; nothing raises or clips 1e-7 and 1e-2."""
-    from dec_cli.checkpoint import load_model
-    from dec_cli.finetune_options import FinetuneConfig
-    from dec_cli.optimizer import Schedule, split_parameters
+    from dec_cli.backbones.checkpoint import load_model
+    from dec_cli.training.finetune_options import FinetuneConfig
+    from dec_cli.training.optimizer import Schedule, split_parameters
 
     cfg = FinetuneConfig(epochs=3, lr=1e-7, dec_lr=1e-2, warmup_epochs=1)
     schedule = Schedule(split_parameters(load_model(str(dec_ckpt)), False), cfg, steps_per_epoch=4)
@@ -87,7 +87,7 @@ def test_bad_consistency_weight_is_a_usage_error(run_dec, shapes, dec_ckpt, tmp_
 
 def test_dec_from_a_warp_augmentation_checkpoint(run_dec, shapes, tmp_path):
     """Warp augmentation from scratch, retrofit its best checkpoint, then the paper's recipe on the DEC."""
-    from dec_cli.checkpoint import load_model
+    from dec_cli.backbones.checkpoint import load_model
 
     aug = tmp_path / "aug"
     r = run_dec("finetune", "test_resnet", shapes, "-o", aug, "--random-init", "--num-classes", str(len(CLASSES)),

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from dec_cli.errors import UsageError
-from dec_cli.plot import check_plot_path, write_plot
-from dec_cli.report import ModelResult, Report, render_tables, to_markdown
+from dec_cli.core.errors import UsageError
+from dec_cli.evaluation.plot import check_plot_path, write_plot
+from dec_cli.evaluation.report import ModelResult, Report, render_tables, to_markdown
 
 from helpers import plot_panels
 

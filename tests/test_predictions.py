@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from dec_cli.predictions import COLUMNS
+from dec_cli.evaluation.predictions import COLUMNS
 
 DATA = Path(__file__).parent / "data" / "photos"
 CKPT = Path(__file__).resolve().parents[1] / "dec_cli" / "data" / "digits-baseline.safetensors"

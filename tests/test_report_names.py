@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dec_cli.errors import UsageError
-from dec_cli.modelnames import default_names, report_names
+from dec_cli.core.errors import UsageError
+from dec_cli.evaluation.modelnames import default_names, report_names
 
 CKPT = Path(__file__).resolve().parents[1] / "dec_cli" / "data" / "digits-baseline.safetensors"
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dec_cli.backbone import create_backbone
-from dec_cli.errors import UsageError
-from dec_cli.randomwarp import random_warp
-from dec_cli.retrofit import (DECBlock, backbone_parameters, builtin_recipes, dec_modules, dec_parameters,
+from dec_cli.backbones.backbone import create_backbone
+from dec_cli.core.errors import UsageError
+from dec_cli.warps.randomwarp import random_warp
+from dec_cli.canon.retrofit import (DECBlock, backbone_parameters, builtin_recipes, dec_modules, dec_parameters,
                               find_recipe, retrofit)
-from dec_cli.warp import apply_warp
+from dec_cli.warps.apply import apply_warp
 
 # One tiny model per family: (timm name, kwargs, input size (H, W)).
 FAMILIES = {

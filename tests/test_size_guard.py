@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dec_cli.memory import EVAL_ACTIVATIONS, available_memory, batch_bytes, check_batch_fits
+from dec_cli.core.memory import EVAL_ACTIVATIONS, available_memory, batch_bytes, check_batch_fits
 
 DATA = Path(__file__).parent / "data"
 PHOTOS = {"cat": "photos/animals/chelsea.png", "horse": "photos/animals/horse.png"}
@@ -30,8 +30,8 @@ def photos(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from dec_cli.backbone import create_backbone
-    from dec_cli.checkpoint import save_model
+    from dec_cli.backbones.backbone import create_backbone
+    from dec_cli.backbones.checkpoint import save_model
 
     torch.manual_seed(0)
     model = create_backbone("test_resnet", num_classes=2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dec_cli.solvers import anderson, fixed_point
+from dec_cli.canon.solvers import anderson, fixed_point
 
 
 def slow_contraction(seed: int = 0, dim: int = 12, batch: int = 3):

@@ -46,7 +46,7 @@ def test_importing_the_cli_imports_no_torch():
 @pytest.mark.parametrize("args", [("--help",), ("models",), ("info", CKPT), ("info", CKPT, "--json", "-"),
                                   ("evaluate", "--help"), ("finetune", "--help")])
 def test_model_free_commands_load_no_torch(args):
-    from dec_cli.catalogue import _snapshot_names
+    from dec_cli.canon.catalogue import _snapshot_names
 
     result = _probe(*args)
     assert result["code"] == 0, result["err"]
@@ -80,11 +80,11 @@ def test_timm_name_snapshot_matches_the_installed_timm():
     (it must then be that timm's registry), and from timm itself for any other version."""
     import timm
 
-    from dec_cli.catalogue import _snapshot_names, recipe_catalogue, timm_names
+    from dec_cli.canon.catalogue import _snapshot_names, recipe_catalogue, timm_names
 
     snapshot = _snapshot_names()
     if snapshot is not None:
-        assert snapshot == timm.list_models(), "renew it: python -m dec_cli.catalogue"
+        assert snapshot == timm.list_models(), "renew it: python -m dec_cli.canon.catalogue"
     assert timm_names() == timm.list_models()
     for row in recipe_catalogue()["recipes"]:
         assert row["covered_models"] == len(timm.list_models(row["patterns"])), row["name"]
@@ -94,7 +94,7 @@ def test_info_header_reader_matches_the_checkpoint_api():
     """The torch-free header reader counts the same stored values as safetensors itself."""
     from safetensors import safe_open
 
-    from dec_cli.ckptheader import checkpoint_summary
+    from dec_cli.backbones.ckptheader import checkpoint_summary
 
     with safe_open(str(CKPT), framework="pt") as f:
         total = 0

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dec_cli.checkpoint import load_model, save_model
-from dec_cli.data import load_image, scan_image_folder
+from dec_cli.backbones.checkpoint import load_model, save_model
+from dec_cli.trees.data import load_image, scan_image_folder
 from test_evaluate import CLASSES, make_tree
 
 DATA = Path(__file__).parent / "data"

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dec_cli.checkpoint import load_model, save_model
-from dec_cli.data import eval_transform, load_image, scan_image_folder
-from dec_cli.retrofit import retrofit
-from dec_cli.tta import ScaleSearch, rescale
+from dec_cli.backbones.checkpoint import load_model, save_model
+from dec_cli.trees.data import eval_transform, load_image, scan_image_folder
+from dec_cli.canon.retrofit import retrofit
+from dec_cli.evaluation.tta import ScaleSearch, rescale
 from test_evaluate import CLASSES, IMG, make_tree, make_zoom_tree
 
 SCALES = (0.8, 1.0, 1.25)

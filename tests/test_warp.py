@@ -13,12 +13,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dec_cli.randomwarp import image_key, keyed_warp, random_warp
-from dec_cli.scalerange import DEFAULT_SCALE_RANGE, ScaleRange, ScaleRangeError
-from dec_cli.warp import Warp, apply_warp, compose, jacobian_determinant
-from dec_cli.warpgrid import sampling_grid
-from dec_cli.zoom import zoom_warp
-from dec_cli.zoomaxis import fit_radius
+from dec_cli.warps.randomwarp import image_key, keyed_warp, random_warp
+from dec_cli.warps.scalerange import DEFAULT_SCALE_RANGE, ScaleRange, ScaleRangeError
+from dec_cli.warps.warp import Warp, compose, jacobian_determinant
+from dec_cli.warps.apply import apply_warp
+from dec_cli.warps.warpgrid import sampling_grid
+from dec_cli.warps.zoom import zoom_warp
+from dec_cli.warps.zoomaxis import fit_radius
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
 seeds = st.integers(0, 2 ** 31 - 1)
@@ -294,7 +295,7 @@ def test_non_finite_logits_give_finite_warps_and_a_safe_backward():
     # torch's grid_sample backward segfaults on a NaN grid; run in a child so a regression fails cleanly.
     code = (
         "import torch\n"
-        "from dec_cli.warp import Warp, apply_warp\n"
+        "from dec_cli.warps.warp import Warp\nfrom dec_cli.warps.apply import apply_warp\n"
         "t = torch.zeros(2, 2, 8); t[0, 0, 3] = float('nan'); t[1, 1, 2] = float('inf'); t[1, 0, 5] = -float('inf')\n"
         "t.requires_grad_()\n"
         "w = Warp.from_logits(t, t)\n"

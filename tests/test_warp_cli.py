@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dec_cli.folderwarp import run_warp
-from dec_cli.images import decode_png16
-from dec_cli.warpplan import WarpSettings
+from dec_cli.jobs.folderwarp import run_warp
+from dec_cli.trees.images import decode_png16
+from dec_cli.trees.warpplan import WarpSettings
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).parent.parent / "examples" / "photos"
@@ -357,7 +357,7 @@ def test_unwarp_bad_manifest_and_missing_files(run_dec, tmp_path):
 @pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB",
                                   "HSV", "I", "F", "I;16", "I;16B"])
 def test_every_kept_mode_survives_an_identity_warp_exactly(mode):
-    from dec_cli.images import warp_page
+    from dec_cli.trees.images import warp_page
 
     photo = Image.open(DATA / "photos/animals/chelsea.png").convert("RGB")
     if mode == "P":
@@ -378,7 +378,7 @@ def test_every_kept_mode_survives_an_identity_warp_exactly(mode):
 
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 def test_tensor_to_page_rounds_half_up_and_clips(mode):
-    from dec_cli.images import tensor_to_page
+    from dec_cli.trees.images import tensor_to_page
 
     like = Image.new(mode, (5, 1))
     bands = len(like.getbands())

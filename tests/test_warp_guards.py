@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dec_cli import demo
+from dec_cli.jobs import demo
 from test_finetune import make_dec_checkpoint, make_shapes
 
 DATA = Path(__file__).parent / "data"
-NPZ = Path(demo.__file__).parent / "data" / "mnist-8k.npz"
+NPZ = demo.DATA_DIR / "mnist-8k.npz"
 
 
 def one_line_usage_error(result, *needles: str) -> None:

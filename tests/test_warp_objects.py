@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dec_cli.objects import MAX_ZOOMED_DIAMETER, MIN_RADIUS, default_radius
-from dec_cli.zoomaxis import fit_radius
+from dec_cli.trees.objects import MAX_ZOOMED_DIAMETER, MIN_RADIUS, default_radius
+from dec_cli.warps.zoomaxis import fit_radius
 from test_warp_cli import psnr_interior  # tests/ is on sys.path under pytest
 
 DATA = Path(__file__).parent / "data"

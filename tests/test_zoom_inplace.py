@@ -3,7 +3,7 @@
 Discs near every border and corner of a 256 x 256 image, centred by `object_disc`
 as `dec warp --center object` does: after each zoom of 0.5-1.8 the warped mask's
 centroid is within 1 px of the disc's centre and its area is ``z^2`` times the
-disc's within 3 %. The inverse (`dec_cli.warpinverse`) is measured by its
+disc's within 3 %. The inverse (`dec_cli.warps.warpinverse`) is measured by its
 residual ``|l(l^{-1}(p)) - p|`` on every pixel of strong zooms and random warps.
 """
 
@@ -12,14 +12,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dec_cli import warpinverse
-from dec_cli.maps1d import pixel_centres
-from dec_cli.objects import ObjectError, object_disc
-from dec_cli.randomwarp import keyed_warp
-from dec_cli.warp import apply_warp
-from dec_cli.warpgrid import sampling_grid
-from dec_cli.zoom import zoom_warp
-from dec_cli.zoomaxis import fit_radius, side_slopes
+from dec_cli.warps import warpinverse
+from dec_cli.warps.maps1d import pixel_centres
+from dec_cli.trees.objects import ObjectError, object_disc
+from dec_cli.warps.randomwarp import keyed_warp
+from dec_cli.warps.apply import apply_warp
+from dec_cli.warps.warpgrid import sampling_grid
+from dec_cli.warps.zoom import zoom_warp
+from dec_cli.warps.zoomaxis import fit_radius, side_slopes
 
 N = 256
 SWEEP = (0.5, 0.7, 0.9, 1.25, 1.5, 1.8)
