@@ -62,6 +62,10 @@ METHODS = {
                               ("--iters", "3", "--at", "{input}")),
     # The image-input DEC (`dec retrofit --dec-input image`): the paper's design, 5 iterations.
     "dec-image": Method("image DEC (+ warp augmentation)", _AUG, ("--dec-input", "image", "--iters", "5")),
+    "dec-image-input": Method("image DEC warping the input image (+ warp augmentation)", _AUG,
+                              ("--dec-input", "image", "--iters", "5", "--at", "{input}")),
+    "dec-image-canon": Method("image DEC + canonicalization loss 1.0", (*_AUG, *_CANON),
+                              ("--dec-input", "image", "--iters", "5")),
     # The paper's training recipe (module docstring), on today's latent DEC and on the image DEC.
     "dec-paper": Method("DEC, paper recipe (from warp augmentation)", _PAPER, ("--iters", "3"), init_from="warp-aug"),
     "dec-image-paper": Method("image DEC, paper recipe (from warp augmentation)", _PAPER,

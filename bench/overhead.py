@@ -187,6 +187,8 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=None)
     ap.add_argument("--solver", choices=("fixed", "anderson"), default=None)
     ap.add_argument("--hidden", type=int, default=None)
+    ap.add_argument("--dec-input", choices=("features", "image"), default=None,
+                    help="the latent DEC (features, default) or the image DEC (image)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -197,7 +199,7 @@ def main() -> None:
     amp = gpu
     torch.set_num_threads(args.threads)
     dec_kwargs = {k: v for k, v in dict(at=args.at, iters=args.iters, grid=args.grid, solver=args.solver,
-                                        hidden=args.hidden).items() if v is not None}
+                                        hidden=args.hidden, dec_input=args.dec_input).items() if v is not None}
     plain, dec = make_models(name, args.device, 0, dec_kwargs)
     for m in (plain, dec):
         m.eval()
@@ -211,6 +213,7 @@ def main() -> None:
         "model": name, "batch": batch, "device": args.device, "dtype": "bf16 autocast" if amp else "float32",
         "threads": args.threads, "recipe": dec.dec_info["recipe"]["name"], "at": dec.dec_info["recipe"]["at"],
         "dec_settings": dec.dec_info["recipe"]["dec"],
+        "dec_input": dec.dec_info["recipe"].get("input", "features"),
         "parameters": {"backbone": count_parameters(backbone_parameters(dec)),
                        "dec": count_parameters(dec_parameters(dec))},
         "torch": torch.__version__,

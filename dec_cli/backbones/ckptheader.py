@@ -115,6 +115,7 @@ def checkpoint_summary(path: Union[str, Path]) -> dict[str, Any]:
         "dec": bool(info.get("dec")),
         "recipe": recipe.get("name"),
         "mode": recipe.get("mode"),
+        "dec_input": recipe.get("input", "features") if info.get("dec") else None,
         "insertion_points": recipe.get("points") or [],
         "dec_settings": info.get("dec_settings"),
         "parameters": info.get("parameters") or {},

@@ -13,22 +13,21 @@ no recipe covers get one derived from the model itself (``dec_cli.canon.autoreci
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
-from torch import Tensor, nn
+from torch import nn
 
 from dec_cli.canon.catalogue import recipe_folder
 from dec_cli.canon.autorecipe import AUTO, auto_recipe
-from dec_cli.canon.canonicalizer import DEC, LAYOUTS, DECSettings, to_map
+from dec_cli.canon.canonicalizer import DEC, LAYOUTS, DECSettings
+from dec_cli.canon.decblock import MODES, DECBlock, record_image_size, record_source_image
+from dec_cli.canon.imagedec import INPUTS, make_dec
 from dec_cli.core.errors import UsageError
 from dec_cli.core.modelinfo import info_of, set_info
 from dec_cli.canon.probe import probe_inputs
-from dec_cli.warps.apply import apply_warp
 
-MODES = ("canonicalize", "equivariant")
 
 
 # --------------------------------------------------------------------------- recipes
@@ -47,6 +46,7 @@ class Recipe:
     description: str = ""
     source: str = "builtin"
     prefix_tokens: Optional[int] = None  # tokens layout: None means the model's num_prefix_tokens
+    input: str = "features"  # what each DEC looks at: its point's features, or the model's input image
 
     def matching_pattern_length(self, model_name: str) -> int:
         """Length of the longest pattern matching ``model_name`` (with or without its tag); -1 if none."""
@@ -57,7 +57,9 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "patterns": list(self.patterns),
                 "layout": self.layout, "at": list(self.at), "mode": self.mode, "dec": dict(self.dec),
-                "source": self.source, "prefix_tokens": self.prefix_tokens}
+                "source": self.source, "prefix_tokens": self.prefix_tokens,
+                # Written only when not the default, so checkpoints of the latent DEC stay as they were.
+                **({"input": self.input} if self.input != "features" else {})}
 
 
 def _recipe_from_dict(data: Any, source: str) -> Recipe:
@@ -69,7 +71,8 @@ def _recipe_from_dict(data: Any, source: str) -> Recipe:
     if missing:
         raise UsageError(f"recipe {source} lacks {', '.join(missing)}",
                          "a recipe needs name, patterns, layout and at (see dec_cli/models/*.yaml)")
-    known = {"name", "patterns", "layout", "at", "mode", "dec", "description", "source", "points", "prefix_tokens"}
+    known = {"name", "patterns", "layout", "at", "mode", "dec", "description", "source", "points", "prefix_tokens",
+             "input"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise UsageError(f"recipe {source} has unknown key(s) {', '.join(unknown)}",
@@ -90,6 +93,9 @@ def _recipe_from_dict(data: Any, source: str) -> Recipe:
     prefix = data.get("prefix_tokens")
     if prefix is not None and not (isinstance(prefix, int) and prefix >= 0):
         raise UsageError(f"recipe {source}: prefix_tokens must be a whole number >= 0")
+    dec_input = data.get("input", "features")
+    if dec_input not in INPUTS:
+        raise UsageError(f"recipe {source}: input {dec_input!r} is not one of {', '.join(INPUTS)}")
     dec = data.get("dec") or {}
     try:
         DECSettings.from_dict(dec)
@@ -97,7 +103,7 @@ def _recipe_from_dict(data: Any, source: str) -> Recipe:
         raise UsageError(f"recipe {source}: {exc}") from None
     return Recipe(name=str(data["name"]), patterns=list(patterns), layout=data["layout"], at=list(at),
                   mode=mode, dec=dict(dec), description=str(data.get("description", "")),
-                  source=str(data.get("source", source)), prefix_tokens=prefix)
+                  source=str(data.get("source", source)), prefix_tokens=prefix, input=dec_input)
 
 
 def load_recipe_file(path: Union[str, Path]) -> Recipe:
@@ -163,99 +169,13 @@ def resolve_recipe(recipe: Union[None, str, Path, dict, Recipe], model_name: str
     raise UsageError(f"unknown recipe {text!r}", f"use one of {names}, auto, or a YAML file path")
 
 
-# --------------------------------------------------------------------------- the wrapper
-
-
-class DECBlock(nn.Module):
-    """A backbone module with a DEC in front: ``M(S^-1 F)`` or ``S(M(S^-1 F))``.
-
-    Prefix tokens (cls, distillation, registers) pass through unwarped. The
-    token grid comes from the actual token count: the patch embedding's grid
-    when it fits, else the grid of the latest input image (dynamic sizes),
-    else a square.
-    """
-
-    def __init__(self, block: nn.Module, dec: DEC, *, layout: str, mode: str = "canonicalize",
-                 prefix_tokens: int = 0, patch_embed: Optional[nn.Module] = None):
-        super().__init__()
-        if layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {layout!r}")
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}")
-        self.block = block
-        self.dec = dec
-        self.layout = layout
-        self.mode = mode
-        self.prefix_tokens = int(prefix_tokens)
-        # Not a submodule: the patch embedding belongs to the backbone.
-        self._patch_embed = [patch_embed] if patch_embed is not None else []
-        self.image_size: Optional[tuple[int, int]] = None
-        # Diagnostics (dec_cli.canon.diagnostics): with capture set, ``captured`` holds the spatial feature
-        # maps received and handed to the block, flattened per sample (prefix tokens left out).
-        self.capture = False
-        self.captured: Optional[tuple[Tensor, Tensor]] = None
-
-    def extra_repr(self) -> str:
-        return f"layout={self.layout}, mode={self.mode}, prefix_tokens={self.prefix_tokens}"
-
-    def token_grid(self, n_tokens: int) -> Optional[tuple[int, int]]:
-        """(h, w) of the patch grid for ``n_tokens`` tokens (prefix included)."""
-        if self.layout != "tokens":
-            return None
-        patches = n_tokens - self.prefix_tokens
-        pe = self._patch_embed[0] if self._patch_embed else None
-        if pe is not None:
-            gs = getattr(pe, "grid_size", None)
-            if gs is not None and int(gs[0]) * int(gs[1]) == patches:
-                return int(gs[0]), int(gs[1])
-            if self.image_size is not None:
-                h, w = self.image_size
-                if hasattr(pe, "dynamic_feat_size"):
-                    gh, gw = pe.dynamic_feat_size((h, w))
-                else:
-                    ps = getattr(pe, "patch_size", 16)
-                    ph, pw = (ps, ps) if isinstance(ps, int) else ps
-                    gh, gw = math.ceil(h / ph), math.ceil(w / pw)
-                if gh * gw == patches:
-                    return int(gh), int(gw)
-        side = math.isqrt(patches)
-        if side * side == patches:
-            return side, side
-        raise ValueError(f"cannot fold {patches} patch tokens into a grid; use a square input or a "
-                         f"model with dynamic_img_size")
-
-    def _flat_map(self, x: Tensor, grid: Optional[tuple[int, int]]) -> Tensor:
-        """A detached float copy of the spatial feature map of ``x``, one row per sample."""
-        return to_map(x, self.layout, self.prefix_tokens, grid).detach().float().flatten(1).clone()
-
-    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        grid = self.token_grid(x.shape[1]) if self.layout == "tokens" else None
-        kw = dict(layout=self.layout, prefix_tokens=self.prefix_tokens, grid_size=grid)
-        warp = self.dec(x, **kw)
-        canon = apply_warp(x, warp, inverse=True, **kw).to(x.dtype)
-        if self.capture:
-            self.captured = (self._flat_map(x, grid), self._flat_map(canon, grid))
-        out = self.block(canon, *args, **kwargs)
-        if self.mode == "equivariant":
-            if self.layout == "tokens" and out.shape[1] != x.shape[1]:
-                kw["grid_size"] = None
-            out = apply_warp(out, warp, **kw).to(out.dtype)
-        return out
-
-
-def _record_image_size(module: nn.Module, args: tuple) -> None:
-    """Root forward pre-hook: tell token wrappers the input image size (for non-square token grids).
-
-    The wrappers are listed on the model itself, so ``copy.deepcopy`` of the
-    model keeps the hook pointing at the copy's own wrappers.
-    """
-    if args and isinstance(args[0], Tensor) and args[0].dim() == 4:
-        size = (int(args[0].shape[-2]), int(args[0].shape[-1]))
-        for w in getattr(module, "_dec_token_blocks", ()):
-            w.image_size = size
-
-
-# --------------------------------------------------------------------------- retrofit
+def _image_channels(model: nn.Module) -> int:
+    """Channels of the model's input image: timm's ``in_chans``, else its config's input size, else 3."""
+    chans = getattr(model, "in_chans", None)
+    if isinstance(chans, int) and chans > 0:
+        return chans
+    cfg = (getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3,)
+    return int(cfg[0])
 
 
 def _channels(shape: tuple, layout: str) -> int:
@@ -304,7 +224,7 @@ def _point_inputs(model: nn.Module, name: str, points: list[str], rec: Recipe,
 
 
 def _insert_blocks(model: nn.Module, points: list[str], channels: dict, settings: DECSettings,
-                   rec: Recipe, mode: str) -> int:
+                   rec: Recipe, mode: str, dec_input: str) -> int:
     """Wrap each point's module in a DECBlock with a fresh DEC; return the prefix-token count used."""
     prefix = 0 if rec.layout != "tokens" else rec.prefix_tokens if rec.prefix_tokens is not None \
         else int(getattr(model, "num_prefix_tokens", 0) or 0)
@@ -313,28 +233,34 @@ def _insert_blocks(model: nn.Module, points: list[str], channels: dict, settings
     wrappers = []
     for path in points:
         block = model.get_submodule(path)
-        dec = DEC(channels[path], settings)
+        dec = make_dec(dec_input, channels[path], settings)
         if param is not None:
             dec.to(device=param.device, dtype=param.dtype if param.is_floating_point() else None)
-        wrapper = DECBlock(block, dec, layout=rec.layout, mode=mode, prefix_tokens=prefix, patch_embed=patch_embed)
+        wrapper = DECBlock(block, dec, layout=rec.layout, mode=mode, prefix_tokens=prefix, patch_embed=patch_embed,
+                           image_input=dec_input == "image")
         parent_path, _, leaf = path.rpartition(".")
         setattr(model.get_submodule(parent_path) if parent_path else model, leaf, wrapper)
         wrappers.append(wrapper)
     if patch_embed is not None:
         # Token grids of non-square inputs (dynamic_img_size) follow the latest input image.
         model._dec_token_blocks = wrappers
-        model.register_forward_pre_hook(_record_image_size)
+        model.register_forward_pre_hook(record_image_size)
+    if dec_input == "image":
+        model._dec_image_blocks = wrappers
+        model.register_forward_pre_hook(record_source_image)
     return prefix
 
 
 def retrofit(model: nn.Module, *, recipe: Union[None, str, Path, dict, Recipe] = None,
              at: Union[None, str, Sequence[str]] = None, mode: Optional[str] = None,
              grid: Optional[int] = None, rows: Optional[int] = None, iters: Optional[int] = None,
-             img_size: Optional[int] = None, **dec_overrides: Any) -> nn.Module:
+             img_size: Optional[int] = None, dec_input: Optional[str] = None, **dec_overrides: Any) -> nn.Module:
     """Insert DEC modules into the timm ``model`` in place and return it.
 
     At init every DEC proposes the identity warp, so the model computes what it
-    computed before (up to float rounding). Records the resolved recipe in ``model.dec_info``.
+    computed before (up to float rounding). ``dec_input`` (default: the recipe's ``input``,
+    else ``features``) picks the latent DEC or the image DEC (:mod:`dec_cli.canon.imagedec`).
+    Records the resolved recipe in ``model.dec_info``.
     """
     info = info_of(model)
     name = info.model_name
@@ -358,9 +284,14 @@ def retrofit(model: nn.Module, *, recipe: Union[None, str, Path, dict, Recipe] =
             grid=grid, rows=rows, iters=iters, **dec_overrides).items() if v is not None}})
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    dec_input = dec_input or rec.input
+    if dec_input not in INPUTS:
+        raise UsageError(f"unknown DEC input {dec_input!r}", f"use one of {', '.join(INPUTS)}")
     shapes, channels = _point_inputs(model, name, points, rec, stored_points, img_size)
-    prefix = _insert_blocks(model, points, channels, settings, rec, mode)
-    resolved = rec.to_dict()
+    if dec_input == "image":
+        channels = {p: _image_channels(model) for p in points}
+    prefix = _insert_blocks(model, points, channels, settings, rec, mode, dec_input)
+    resolved = replace(rec, input=dec_input).to_dict()
     resolved.update(at=points, mode=mode, dec=settings.to_dict(),
                     points=[{"path": p, "layout": rec.layout, "in_channels": channels[p],
                              "shape": list(shapes.get(p) or [])[1:], "prefix_tokens": prefix} for p in points])

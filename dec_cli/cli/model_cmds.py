@@ -33,6 +33,9 @@ def retrofit_cmd(
                                          help="Solver of the no-grad iterations (default fixed: damped iteration)."),
     hidden: Optional[int] = typer.Option(None, "--hidden", min=1, help="Width of the DEC head's conv layer."),
     channels: Optional[int] = typer.Option(None, "--channels", min=1, help="Width of the DEC's 1x1 projection."),
+    dec_input: Optional[str] = typer.Option(None, "--dec-input", metavar="features|image",
+                                            help="What each DEC looks at: its point's features (default) or the "
+                                                 "input image (the paper's design; a small CNN per DEC)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the DEC (and any new head) initialisation."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
     json_dest: Optional[str] = typer.Option(None, "--json", metavar="PATH|-", help="Write a JSON summary."),
@@ -52,7 +55,7 @@ def retrofit_cmd(
     job = RetrofitJob(model, output, weights=weights, pretrained=pretrained, random_init=random_init,
                       num_classes=num_classes,
                       img_size=img_size, recipe=recipe, at=at, mode=mode, grid=grid, rows=rows, iters=iters,
-                      solver=solver, hidden=hidden, channels=channels, seed=seed, force=force)
+                      solver=solver, hidden=hidden, channels=channels, dec_input=dec_input, seed=seed, force=force)
     job.check(json_dest)
     console = console_for(json_dest, quiet)
     argv = sys.argv[1:] if "retrofit" in sys.argv[1:] else ["retrofit", model, "-o", output]

@@ -204,7 +204,8 @@ def checkpoint_table(console: Console, s: dict[str, Any], ckpt: str) -> None:
     if s["model_kwargs"]:
         table.add_row("model kwargs", ", ".join(f"{k}={v}" for k, v in s["model_kwargs"].items()))
     table.add_row("classes", f"{s['num_classes']}: {shorten(names, 10) if names else '-'}")
-    table.add_row("DEC", f"recipe {s['recipe']}, mode {s['mode']}" if s["dec"] else "none (plain backbone)")
+    looks_at = ", input image" if s.get("dec_input") == "image" else ""
+    table.add_row("DEC", f"recipe {s['recipe']}, mode {s['mode']}{looks_at}" if s["dec"] else "none (plain backbone)")
     if s["dec_settings"]:
         table.add_row("DEC settings", ", ".join(f"{k} {v}" for k, v in s["dec_settings"].items()))
     p = s["parameters"]

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from dec_cli.canon.autorecipe import AUTO
+from dec_cli.canon.imagedec import INPUTS
 from dec_cli.canon.catalogue import recipe_catalogue  # noqa: F401  (dec models, torch-free; kept importable here)
 from dec_cli.backbones.backbone import create_backbone
 from dec_cli.backbones.checkpoint import save_model
@@ -47,6 +48,7 @@ class RetrofitJob:
     solver: Optional[str] = None
     hidden: Optional[int] = None
     channels: Optional[int] = None
+    dec_input: Optional[str] = None
     seed: int = 0
     force: bool = False
 
@@ -60,6 +62,8 @@ class RetrofitJob:
                                                    ("--recipe", self.recipe)])
         if self.mode is not None and self.mode not in MODES:
             raise UsageError(f"--mode must be canonicalize or equivariant, not {self.mode!r}")
+        if self.dec_input is not None and self.dec_input not in INPUTS:
+            raise UsageError(f"--dec-input must be {' or '.join(INPUTS)}, not {self.dec_input!r}")
         self.weights_source()
 
     def weights_source(self) -> str:
@@ -71,6 +75,7 @@ class RetrofitJob:
         """The retrofit options given (the checkpoint's provenance)."""
         given = {"recipe": self.recipe, "at": self.at, "mode": self.mode, "grid": self.grid, "rows": self.rows,
                  "iters": self.iters, "solver": self.solver, "hidden": self.hidden, "channels": self.channels,
+                 "dec_input": self.dec_input,
                  "img_size": self.img_size, "num_classes": self.num_classes}
         return {k: v for k, v in given.items() if v is not None}
 
@@ -87,7 +92,8 @@ def run_retrofit(job: RetrofitJob, command: str,
     if on_weights is not None:
         on_weights(info_of(net).weights_conversion)
     retrofit(net, recipe=job.recipe, at=job.at, mode=job.mode, grid=job.grid, rows=job.rows, iters=job.iters,
-             img_size=job.img_size, solver=job.solver, hidden=job.hidden, channels=job.channels)
+             img_size=job.img_size, solver=job.solver, hidden=job.hidden, channels=job.channels,
+             dec_input=job.dec_input)
     save_model(net, job.output, command=command, seed=job.seed,
                weights=job.weights_source(),
                options=job.options())
@@ -95,6 +101,7 @@ def run_retrofit(job: RetrofitJob, command: str,
     rec = info["recipe"]
     n_bb, n_dec = count_parameters(backbone_parameters(net)), count_parameters(dec_parameters(net))
     summary = {"model": job.model, "output": job.output, "weights_source": job.weights_source(), "recipe": rec["name"], "mode": rec["mode"],
+               "dec_input": rec.get("input", "features"),
                "num_classes": info["num_classes"], "dec_settings": rec["dec"], "points": rec["points"],
                "layers": insertion_table(net),
                "parameters": {"backbone": n_bb, "dec": n_dec, "dec_fraction": n_dec / max(n_bb, 1)}}
