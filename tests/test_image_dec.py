@@ -145,3 +145,12 @@ def test_dec_info_names_the_image_input(tmp_path):
     table = subprocess.run([sys.executable, "-m", "dec_cli", "info", str(path)], capture_output=True, text=True,
                            timeout=120)
     assert "input image" in table.stdout
+
+
+def test_one_channel_models_get_a_one_channel_image_dec():
+    plain = build("test_resnet", {"in_chans": 1})
+    model = retrofit(copy.deepcopy(plain), img_size=48, dec_input="image")
+    assert dec_modules(model)[0].in_channels == 1
+    x = torch.randn(2, 1, 48, 48, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        assert (plain(x) - model(x)).abs().max().item() <= 1e-4

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from dec_cli.core.errors import DecError, first_line
-from dec_cli.core.modelinfo import dry_run_size
+from dec_cli.core.modelinfo import dry_run_size, image_channels
 
 
 def probe_inputs(model: nn.Module, paths: Sequence[str], img_size: Optional[int] = None,
@@ -39,8 +39,7 @@ def probe_inputs(model: nn.Module, paths: Sequence[str], img_size: Optional[int]
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     proj = getattr(getattr(model, "patch_embed", None), "proj", None)
-    in_chans = getattr(proj, "in_channels", None) \
-        or int(getattr(model, "pretrained_cfg", {}).get("input_size", (3,))[0] or 3)
+    in_chans = getattr(proj, "in_channels", None) or image_channels(model)
     h, w = dry_run_size(model, img_size)
     try:
         model.eval()

@@ -25,7 +25,7 @@ from dec_cli.canon.canonicalizer import DEC, LAYOUTS, DECSettings
 from dec_cli.canon.decblock import MODES, DECBlock, record_image_size, record_source_image
 from dec_cli.canon.imagedec import INPUTS, make_dec
 from dec_cli.core.errors import UsageError
-from dec_cli.core.modelinfo import info_of, set_info
+from dec_cli.core.modelinfo import image_channels, info_of, set_info
 from dec_cli.canon.probe import probe_inputs
 
 
@@ -169,15 +169,6 @@ def resolve_recipe(recipe: Union[None, str, Path, dict, Recipe], model_name: str
     raise UsageError(f"unknown recipe {text!r}", f"use one of {names}, auto, or a YAML file path")
 
 
-def _image_channels(model: nn.Module) -> int:
-    """Channels of the model's input image: timm's ``in_chans``, else its config's input size, else 3."""
-    chans = getattr(model, "in_chans", None)
-    if isinstance(chans, int) and chans > 0:
-        return chans
-    cfg = (getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3,)
-    return int(cfg[0])
-
-
 def _channels(shape: tuple, layout: str) -> int:
     return int(shape[1]) if layout == "nchw" else int(shape[-1])
 
@@ -289,7 +280,7 @@ def retrofit(model: nn.Module, *, recipe: Union[None, str, Path, dict, Recipe] =
         raise UsageError(f"unknown DEC input {dec_input!r}", f"use one of {', '.join(INPUTS)}")
     shapes, channels = _point_inputs(model, name, points, rec, stored_points, img_size)
     if dec_input == "image":
-        channels = {p: _image_channels(model) for p in points}
+        channels = {p: image_channels(model) for p in points}
     prefix = _insert_blocks(model, points, channels, settings, rec, mode, dec_input)
     resolved = replace(rec, input=dec_input).to_dict()
     resolved.update(at=points, mode=mode, dec=settings.to_dict(),

@@ -110,3 +110,15 @@ def dry_run_size(model: nn.Module, override: Optional[int] = None) -> tuple[int,
         return int(patch[0]), int(patch[1])
     cfg = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
     return int(cfg[-2]), int(cfg[-1])
+
+
+def image_channels(model: nn.Module) -> int:
+    """Channels of the model's input image: timm's ``in_chans``, else its first convolution's, else 3.
+
+    timm's ``pretrained_cfg`` says 3 even for ``in_chans=1`` models, so it is not asked.
+    """
+    chans = getattr(model, "in_chans", None)
+    if isinstance(chans, int) and not isinstance(chans, bool) and chans > 0:
+        return chans
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return int(first.in_channels) if first is not None else 3

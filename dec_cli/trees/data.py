@@ -22,6 +22,7 @@ from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from dec_cli.core.modelinfo import image_channels
 from dec_cli.trees.classmap import read_class_map  # noqa: F401  (also imported from here)
 from dec_cli.core.errors import UsageError, first_line
 from dec_cli.trees.treeformat import IMAGE_EXTENSIONS, MASKS_DIR, is_image_path, read_tree_manifest, zoom_source_name
@@ -296,11 +297,8 @@ def data_config(model: Any, img_size: Optional[int] = None) -> dict[str, Any]:
 
 
 def input_channels(model: Any) -> int:
-    """Channels the model's first convolution expects (3 when there is none)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            return int(module.in_channels)
-    return 3
+    """Channels of the model's input image (`dec_cli.core.modelinfo.image_channels`)."""
+    return image_channels(model)
 
 
 def eval_transform(model: Any, img_size: Optional[int] = None) -> Callable:
