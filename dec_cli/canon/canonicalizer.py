@@ -192,7 +192,9 @@ class DEC(nn.Module):
             zd = z.detach()
             solver = functools.partial(anderson, memory=s.memory) if s.solver == "anderson" else fixed_point
             theta, residuals = solver(lambda t: self._step(zd, t), theta, free)
-        before = theta.detach()  # at least one update runs here (grad_steps >= 1), so the last is one of these
+        # The last update is always one of these (grad_steps >= 1); ``before`` is its start (the identity
+        # start itself when iters <= grad_steps and this is the first update).
+        before = theta.detach()
         for _ in range(s.iters - free):
             before = theta.detach()
             new = self._step(z, theta)
