@@ -132,9 +132,9 @@ def _evaluate(run_dec, *args):
 
 
 def test_evaluate_reports_residual_rel_per_dec_as_computed_by_hand(run_dec, assets, tmp_path):
-    out = tmp_path / "r.json"
+    out, md = tmp_path / "r.json", tmp_path / "r.md"
     result = _evaluate(run_dec, assets["moved"], assets["identity"], "test_resnet", "--random-init",
-                       "--data", assets["tree"], "--json", out)
+                       "--data", assets["tree"], "--json", out, "--markdown", md)
     assert result.code == 0, result.err
     assert "DEC residual rel." in result.out
     moved, identity, plain = json.loads(out.read_text())["models"]
@@ -162,6 +162,14 @@ def test_evaluate_reports_residual_rel_per_dec_as_computed_by_hand(run_dec, asse
     assert [r["residual_rel"] for r in identity["residual_rel_by_dec"]] == [0.0, 0.0]
     assert plain["dec"] is False and plain["metrics"]["residual_rel"] is None
     assert plain["residual_rel_by_dec"] == []
+    # The tables (Markdown: no terminal width to wrap them): the model row, and each module's value
+    # beside its residual by iteration in "DEC modules".
+    text = md.read_text()
+    assert f"| DEC residual rel. | {moved['metrics']['residual_rel']:.4g} | 0 | - |" in text
+    assert "| residual by iteration | residual rel. |" in text
+    for row in moved["residual_rel_by_dec"]:
+        assert any(ln.startswith(f"| moved | {row['path'][:-4]} |") and ln.endswith(f"| {row['residual_rel']:.3g} |")
+                   for ln in text.splitlines()), row
 
 
 def test_fail_if_residual_rel(run_dec, assets):
