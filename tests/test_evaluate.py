@@ -174,12 +174,13 @@ def test_json_schema_and_unreadable_files(run_dec, assets):
     model = doc["models"][0]
     assert set(model) == {"name", "source", "model_name", "dec", "num_classes", "class_mapping", "input_size",
                           "metrics", "per_zoom", "per_strength", "timing", "weights_conversion", "dec_modules",
-                          "weights_source"}
+                          "weights_source", "residual_rel_by_dec"}
     assert model["weights_source"] == str(assets["weights"])
     assert model["weights_conversion"] is None  # timm's own keys: nothing renamed
     assert set(model["metrics"]) == {"images", "top1", "top5", "pairs", "warped_top1", "warped_top5", "inv_error",
                                      "sym_kl", "consistency", "zoom_top1_min", "zoom_consistency_min",
-                                     "flip_rate", "residual_mean", "residual_max", "canon_error"}
+                                     "flip_rate", "residual_mean", "residual_max", "residual_rel",
+                                     "canon_error"}
     assert model["metrics"]["flip_rate"] is None  # no zoom sweep
     assert model["input_size"] == [3, 32, 32] and model["class_mapping"] == "sorted-folders"
     assert sum(b["pairs"] for b in model["per_strength"]) == 9

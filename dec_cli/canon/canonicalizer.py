@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dec_cli.canon.convergence import interior_knots, relative_residual
 from dec_cli.canon.solvers import SOLVERS, anderson, fixed_point
 from dec_cli.warps.warp import Warp
 from dec_cli.warps.apply import apply_warp
@@ -102,7 +103,9 @@ class DEC(nn.Module):
     ``forward(x, layout=..., prefix_tokens=..., grid_size=...)`` returns a
     :class:`~dec_cli.warps.warp.Warp` batch. After each forward, ``residual`` holds the
     per-sample size of the last update ``||theta_T - theta_{T-1}||`` (detached,
-    shape (B,)) and ``logits`` the final ``(theta_x, theta_y)`` (detached). With
+    shape (B,)), ``residual_rel`` the relative residual of that last update on the warp's
+    interior knots (:mod:`dec_cli.canon.convergence`; detached, (B,); 0 when pinned) and
+    ``logits`` the final ``(theta_x, theta_y)`` (detached). With
     ``capture`` set (see :mod:`dec_cli.canon.diagnostics`), ``residual_by_iter`` holds
     the size of every update, (B, iters), the last column being ``residual``.
     """
@@ -121,6 +124,7 @@ class DEC(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.residual: Optional[Tensor] = None
+        self.residual_rel: Optional[Tensor] = None
         self.logits: Optional[tuple[Tensor, Tensor]] = None
         self.capture = False  # record residual_by_iter (diagnostics only; off in training)
         self.residual_by_iter: Optional[Tensor] = None
@@ -188,11 +192,17 @@ class DEC(nn.Module):
             zd = z.detach()
             solver = functools.partial(anderson, memory=s.memory) if s.solver == "anderson" else fixed_point
             theta, residuals = solver(lambda t: self._step(zd, t), theta, free)
+        # The last update is always one of these (grad_steps >= 1); ``before`` is its start (the identity
+        # start itself when iters <= grad_steps and this is the first update).
+        before = theta.detach()
         for _ in range(s.iters - free):
+            before = theta.detach()
             new = self._step(z, theta)
-            residuals.append((new.detach() - theta.detach()).norm(dim=1))
+            residuals.append((new.detach() - before).norm(dim=1))
             theta = new
         self.residual = residuals[-1]
+        self.residual_rel = relative_residual(interior_knots(*self._split(before)),
+                                              interior_knots(*self._split(theta.detach())))
         self.residual_by_iter = torch.stack(residuals, dim=1) if self.capture else None
         self.logits = self._split(theta.detach())
         return self._split(theta)
@@ -205,6 +215,7 @@ class DEC(nn.Module):
             tx = tx.to(x.device, torch.float32).expand(b, -1, -1)  # (1 or B, R, G) -> (B, R, G)
             ty = ty.to(x.device, torch.float32).expand(b, -1, -1)
             self.residual = torch.zeros(b, device=x.device)
+            self.residual_rel = torch.zeros(b, device=x.device)
             self.residual_by_iter = x.new_zeros(b, self.settings.iters, dtype=torch.float32) if self.capture else None
             self.logits = (tx, ty)
             return Warp.from_logits(tx, ty)

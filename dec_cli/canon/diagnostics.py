@@ -105,12 +105,16 @@ def summarize_dec(rec: dict[str, np.ndarray], paths: Sequence[str]) -> tuple[Opt
 
 
 def module_rows(report: Any) -> tuple[list[str], list[list[str]]]:
-    """Table rows (model, module, canon. error, residual after each iteration) for the DEC models of a report."""
-    header = ["model", "DEC module", "canon. error", "residual by iteration"]
+    """Table rows (model, module, canon. error, residual after each iteration, relative residual of the last)
+    for the DEC models of a report."""
+    header = ["model", "DEC module", "canon. error", "residual by iteration", "residual rel."]
     rows = []
     for model in report.models:
+        # residual_rel_by_dec names the DEC itself, the ``dec`` child of the block a dec_modules row names.
+        rel = {row["path"]: row["residual_rel"] for row in getattr(model, "residual_rel_by_dec", None) or []}
         for row in model.dec_modules:
             err = "-" if row["canon_error"] is None else f"{row['canon_error']:.3f}"
             res = " ".join(f"{v:.3g}" for v in row["residual_by_iter"] or [])
-            rows.append([model.name, row["path"], err, res or "-"])
+            last = rel.get(f"{row['path']}.dec")
+            rows.append([model.name, row["path"], err, res or "-", "-" if last is None else f"{last:.3g}"])
     return header, rows

@@ -24,7 +24,7 @@ from dec_cli.backbones.checkpoint import load_model
 from dec_cli.trees.data import (ImageDataset, ImageFolderData, class_to_output, collate_skip, data_config, eval_transform,
                           scan_image_folder)
 from dec_cli.canon.diagnostics import Probe, capture, dec_blocks, summarize_dec
-from dec_cli.evaluation.evalresiduals import residual_records, residuals
+from dec_cli.evaluation.evalresiduals import ResidualLog, rel_decs, relative_summary
 from dec_cli.evaluation.evalzoom import ZoomOptions, ZoomSweep, plan_sweep
 from dec_cli.core.errors import UsageError
 from dec_cli.core.limits import check_workers
@@ -227,6 +227,7 @@ class _Pass:
     progress: Callable[[int, int], Any]
     blocks: Sequence[torch.nn.Module] = ()  # DEC blocks whose canonicalization diagnostics are recorded
     cfg: Optional[dict[str, Any]] = None  # the model's data config (where an on-the-fly zoom finds the crop)
+    rel: Sequence[torch.nn.Module] = ()  # the DECs (of ``decs``) that measure residual_rel
 
 
 def evaluate(specs: Sequence[ModelSpec], data_dir: str | Path, settings: Optional[EvalSettings] = None, *,
@@ -270,20 +271,23 @@ def _evaluate_model(run: _Run, spec: ModelSpec, name: str) -> list[ModelResult]:
     transform = eval_transform(model, size)
     decs = dec_modules(model) if info.dec else []
     blocks = dec_blocks(model) if decs else []
+    rel = rel_decs(model, decs)
     runner = torch.compile(model, mode="reduce-overhead" if run.dist.device.type == "cuda" else "default") \
         if settings.compile else model
     records, errors, timing = _run_model(run, _Pass(runner, decs, mapping, transform, run.reporter(name),
-                                                     [b for _, b in blocks], cfg))
+                                                     [b for _, b in blocks], cfg, [m for _, m in rel]))
     _note_unreadable(run, errors)
     summary = run.summarize(records)
     run.predictions += model_rows(name, data, records, info, settings.class_map) if settings.predictions else []
     canon_error, modules = summarize_dec(sort_records(records), [p for p, _ in blocks]) if blocks else (None, [])
+    residual_rel, rel_by_dec = relative_summary(sort_records(records), [p for p, _ in rel])
     result = ModelResult(
         name=name, source=spec.source, model_name=info.model_name, dec=info.dec,
         num_classes=int(info.num_classes), class_mapping=how, input_size=list(cfg["input_size"]),
-        metrics={**summary["metrics"], "canon_error": canon_error}, per_zoom=summary["per_zoom"],
+        metrics={**summary["metrics"], "residual_rel": residual_rel, "canon_error": canon_error},
+        per_zoom=summary["per_zoom"],
         per_strength=summary["per_strength"], timing=timing, weights_conversion=info.weights_conversion,
-        dec_modules=modules, weights_source=spec.weights_source,
+        dec_modules=modules, weights_source=spec.weights_source, residual_rel_by_dec=rel_by_dec,
     )
     if not settings.tta_scales:
         return [result]
@@ -293,7 +297,7 @@ def _evaluate_model(run: _Run, spec: ModelSpec, name: str) -> list[ModelResult]:
     summary = run.summarize(records)
     return [result, replace(result, name=tta_name, metrics={**summary["metrics"], "canon_error": None},
                             per_zoom=summary["per_zoom"], per_strength=summary["per_strength"], timing=timing,
-                            dec_modules=[])]
+                            dec_modules=[], residual_rel_by_dec=[])]
 
 
 def _note_unreadable(run: _Run, errors: Sequence[tuple[int, str]]) -> None:
@@ -389,7 +393,8 @@ def _batch_records(run: _Run, job: _Pass, probe: Optional[Probe], batch: Any) ->
     seconds = time.perf_counter() - t0
     if probe:
         probe.clean()
-    res = [residuals(job.decs, b)] if job.decs else []
+    log = ResidualLog(job.decs, job.rel)
+    log.after(b)
     warped = strength = None
     if k:
         warps = batch_warps([run.data.samples[int(i)].rel for i in batch.indices], k, settings, run.warp_cache)
@@ -400,16 +405,14 @@ def _batch_records(run: _Run, job: _Pass, probe: Optional[Probe], batch: Any) ->
             chunks.append(_forward(job.model, xw[start:start + settings.batch_size], settings.amp))
             if probe:
                 probe.warped(start)
-            if job.decs:
-                res.append(residuals(job.decs, chunks[-1].shape[0]))
+            log.after(chunks[-1].shape[0])
         warped = torch.cat(chunks).view(b, k, -1)
     rec = batch_records(clean, batch.labels, warped, strength)
     rec["index"] = batch.indices.numpy().astype(np.int64)
     rec.update(view_records(clean, warped) if settings.predictions else {})
     if probe:
         rec.update(probe.records())
-    if job.decs and all(r is not None for r in res):
-        rec.update(residual_records(res, b, k))
+    rec.update(log.records(b, k))
     return rec, seconds
 
 

@@ -21,6 +21,7 @@ FAIL_METRICS = {
     "flip_rate": "probability that top-1 changes between adjacent zoom factors (zoom sweeps)",
     "residual_mean": "mean DEC solver residual (DEC models)",
     "residual_max": "largest DEC solver residual (DEC models)",
+    "residual_rel": "largest per-module mean of ||f(z) - z|| / ||f(z)|| on the warp's knots; converged below ~0.05 (DEC models)",
     "canon_error": "canonicalized / received feature distance of an image and its warp (DEC models)",
     "unreadable": "number of unreadable images skipped",
 }

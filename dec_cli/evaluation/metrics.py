@@ -148,7 +148,7 @@ def summarize(rec: dict[str, np.ndarray], *, zooms: Optional[Sequence[Optional[f
         "warped_top1": None, "warped_top5": None,
         "inv_error": None, "sym_kl": None, "consistency": None,
         "zoom_top1_min": None, "zoom_consistency_min": None, "flip_rate": None,
-        "residual_mean": None, "residual_max": None,
+        "residual_mean": None, "residual_max": None, "residual_rel": None,  # residual_rel: evalresiduals
     }
     if n and "wpred" in rec:
         metrics.update({

@@ -16,13 +16,14 @@ JSON schema (``schema_version`` 1; keys are only ever added, never renamed):
   ``metrics`` {``images``, ``top1``, ``top5``, ``pairs``, ``warped_top1``,
   ``warped_top5``, ``inv_error``, ``sym_kl``, ``consistency``,
   ``zoom_top1_min``, ``zoom_consistency_min``, ``flip_rate``, ``residual_mean``,
-  ``residual_max``, ``canon_error``} (null when not computed; identical across runs for a
+  ``residual_max``, ``residual_rel``, ``canon_error``} (null when not computed; identical across runs for a
   fixed seed), ``per_zoom`` [{``zoom``, ``images``, ``top1``, ``top5``,
   ``consistency``, ``groups``}], ``per_strength`` [{``strength_lo``,
   ``strength_hi``, ``pairs``, ``top1``, ``consistency``}], ``timing``
   {``latency_ms``, ``images_per_s``, ``device``, ``world_size``, ``amp``,
   ``compile``} (machine-dependent), ``dec_modules`` [{``path``, ``canon_error``,
-  ``residual_by_iter``}] (empty for plain models and ``+tta`` rows);
+  ``residual_by_iter``}] and ``residual_rel_by_dec`` [{``path``, ``residual_rel``}] (both empty for
+  plain models and ``+tta`` rows);
 - ``unreadable``: [{``path``, ``reason``}] skipped files;
 - ``fail_if``: [{``expr``, ``model``, ``metric``, ``value``, ``violated``}].
 """
@@ -64,6 +65,7 @@ class ModelResult:
     timing: dict[str, Any]
     weights_conversion: Optional[dict[str, Any]] = None  # --weights renamed from a foreign key layout
     dec_modules: list[dict[str, Any]] = field(default_factory=list)  # dec_cli.canon.diagnostics.summarize_dec
+    residual_rel_by_dec: list[dict[str, Any]] = field(default_factory=list)  # dec_cli.evaluation.evalresiduals
     weights_source: str = "checkpoint"  # checkpoint, pretrained, random-init or the --weights FILE
 
 
@@ -103,6 +105,7 @@ SUMMARY_COLUMNS = [
     ("sym_kl", "sym. KL"), ("consistency", "consistency"), ("zoom_top1_min", "min zoom top-1"),
     ("zoom_consistency_min", "min zoom consist."), ("flip_rate", "flip rate"),
     ("residual_mean", "DEC residual mean"), ("residual_max", "DEC residual max"),
+    ("residual_rel", "DEC residual rel."),
     ("canon_error", "DEC canon. error"),
 ]
 _PERCENT = {"top1", "top5", "warped_top1", "consistency", "zoom_top1_min", "zoom_consistency_min", "flip_rate"}
