@@ -42,12 +42,16 @@ def test_identity_at_init_on_every_family(family):
     assert diff <= 1e-4
 
 
-def test_the_dec_looks_at_the_input_image_and_its_update_is_bounded():
+def _perturbed_resnet(scale: float, seed: int, **settings):
+    """A test_resnet with one perturbed image DEC, the DEC and a batch of random images for it."""
     name, kwargs, size = FAMILIES["resnet"]
-    model = retrofit(build(name, kwargs), img_size=size[0], dec_input="image", iters=6, damping=1.0)
-    _perturb(model, scale=3.0)
-    dec = dec_modules(model)[0]
-    x = torch.rand(3, 3, *size, generator=torch.Generator().manual_seed(2))
+    model = retrofit(build(name, kwargs), img_size=size[0], dec_input="image", **settings)
+    _perturb(model, scale=scale)
+    return model, dec_modules(model)[0], torch.rand(3, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_dec_looks_at_the_input_image_and_its_update_is_bounded():
+    model, dec, x = _perturbed_resnet(3.0, 2, iters=6, damping=1.0)
     with torch.no_grad():
         model(x)
         tx, ty = dec.logits
@@ -60,11 +64,7 @@ def test_the_dec_looks_at_the_input_image_and_its_update_is_bounded():
 
 def test_damped_update_converges_when_it_contracts():
     """Small output weights make the update a contraction: the last step's residual falls with the iterations."""
-    name, kwargs, size = FAMILIES["resnet"]
-    model = retrofit(build(name, kwargs), img_size=size[0], dec_input="image", iters=3, damping=0.5)
-    _perturb(model, scale=0.05)
-    dec = dec_modules(model)[0]
-    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(3))
+    model, dec, x = _perturbed_resnet(0.05, 3, iters=3, damping=0.5)
     with torch.no_grad():
         model(x)
         early = dec.residual.max().item()
