@@ -42,12 +42,12 @@ def test_identity_at_init_on_every_family(family):
     assert diff <= 1e-4
 
 
-def _perturbed_resnet(scale: float, seed: int, **settings):
+def _perturbed_resnet(scale: float, seed: int, batch: int = 3, **settings):
     """A test_resnet with one perturbed image DEC, the DEC and a batch of random images for it."""
     name, kwargs, size = FAMILIES["resnet"]
     model = retrofit(build(name, kwargs), img_size=size[0], dec_input="image", **settings)
     _perturb(model, scale=scale)
-    return model, dec_modules(model)[0], torch.rand(3, 3, *size, generator=torch.Generator().manual_seed(seed))
+    return model, dec_modules(model)[0], torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
 
 
 def test_the_dec_looks_at_the_input_image_and_its_update_is_bounded():
@@ -64,7 +64,7 @@ def test_the_dec_looks_at_the_input_image_and_its_update_is_bounded():
 
 def test_damped_update_converges_when_it_contracts():
     """Small output weights make the update a contraction: the last step's residual falls with the iterations."""
-    model, dec, x = _perturbed_resnet(0.05, 3, iters=3, damping=0.5)
+    model, dec, x = _perturbed_resnet(0.05, 3, batch=2, iters=3, damping=0.5)
     with torch.no_grad():
         model(x)
         early = dec.residual.max().item()
