@@ -106,7 +106,7 @@ BACKBONES = {
     "lite0": Backbone("tf_efficientnet_lite0", "`tf_efficientnet_lite0` from ImageNet weights (EfficientNet-Lite0)",
                       "conv_stem", "blocks.2", "1e-3", pretrained=True),
 }
-#: `dec digits` options of each protocol (README "dec digits"). `wide` is spelled out, not `--protocol wide`,
+#: `dec digits` options of each protocol (docs/commands.md, "dec digits"). `wide` is spelled out, not `--protocol wide`,
 #: so its trees stay byte-identical to those built before protocols existed (finished runs are reused).
 PROTOCOLS = {
     "default": [],

@@ -21,7 +21,7 @@
 A digit's 28-pixel box is ``GLYPH_FRACTION`` (0.625) of its cell at scale 1,
 so it fits its cell up to scale 1.6; at 2 the 40-pixel box is cropped to the
 32-pixel cell (digits never overlap). MNIST's blank margin absorbs most of it
-(README "dec digits" gives the measured ink loss).
+(docs/commands.md, "dec digits", gives the measured ink loss).
 
 Options typed on the command line always win over the protocol's values.
 Nothing here prints, exits or imports torch.
