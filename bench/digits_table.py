@@ -8,8 +8,9 @@ retrofit`, then fine-tuning with warp augmentation), test-time scale search on
 the warp-augmentation model (`tta`, `dec evaluate --tta-scales`), and
 ablations under their own names (`dec-base`, `dec-it8`, `dec-anderson`,
 `dec-canon`, `dec-canon-*`, `dec-input*`, `dec-two`, `dec-eq`), the image-input
-DEC (`dec-image`: `dec retrofit --dec-input image`; the table stops with one
-line if this `dec retrofit` lacks the option) and the paper's training recipe
+DEC (`dec-image`: `dec retrofit --dec-input image`; `dec-image-input` warps the
+input image itself; the table stops with one line if a `dec retrofit` lacks the
+option) and the paper's training recipe
 on either DEC (`dec-paper`, `dec-image-paper`: retrofitted onto the same seed's
 `warp-aug` model, one DEC-only epoch, DEC lr 1e-2 against backbone 1e-7,
 logits consistency 0.01; bench/digits_methods.py). `--select`
@@ -72,6 +73,7 @@ COLUMNS = [
     ("zoom top-1 (min)", "zoom", "zoom_top1_min", True, True),
     ("zoom consistency (min)", "zoom", "zoom_consistency_min", True, True),
     ("canon. error", "test", "canon_error", False, False),
+    ("residual_rel", "test", "residual_rel", False, False),
 ]
 #: Columns of the --select table: the test-split columns, read from the validation split.
 SELECT_COLUMNS = [(label, "val", key, percent, higher)
@@ -228,7 +230,9 @@ def table(results: list[dict], config: dict, args: argparse.Namespace) -> str:
                f"percentages except the invariance error (lower is better).{protocol} {scales}. "
                f"Test split: {args.n_test} composites, 4 random warps each (scale range 0.75-1.33); zoom sweep: "
                f"every digit at {', '.join(format(z, 'g') for z in config['zoom'])}, consistency against "
-               f"zoom 1.{tta} {args.threads} CPU threads. Reproduce: `python bench/digits_table.py "
+               f"zoom 1; canon. error and residual_rel (DEC models): `dec evaluate`'s canon_error (1 = the DEC "
+               f"undoes nothing) and its relative residual of the last iteration (converged below about 0.05)."
+               f"{tta} {args.threads} CPU threads. Reproduce: `python bench/digits_table.py "
                f"--epochs {args.epochs} --seeds {seeds} --methods {','.join(args.methods)}"
                f"{'' if args.protocol == 'default' else ' --protocol ' + args.protocol}"
                f"{'' if args.backbone == 'test_resnet' else ' --backbone ' + args.backbone}"
