@@ -5,12 +5,10 @@ running the bench, never by a timed test.
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
