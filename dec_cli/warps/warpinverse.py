@@ -82,13 +82,26 @@ def _line_inverse_numpy(ys: Tensor, xs: Tensor, across: Tensor, along: Tensor) -
 def line_start_exact(warp, lines_x: Tensor, lines_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """`line_start` for one eager CPU warp, plus which targets it already solves exactly (H * W,) bool.
 
-    Where target row ``i`` has an identity ``l_X`` line and target column ``j`` an identity
-    ``l_Y`` line, ``l(px, py) = (px, py)``: the start is the answer, and Newton skips it.
+    Where target row ``i`` has an identity ``l_X`` line, ``x0 = px``, and ``y0`` inverts
+    ``l_Y(px, .)`` exactly; if ``l_X``'s line at ``y0`` is the identity too, ``l(x0, y0) = p``:
+    the start is the answer, and Newton skips it. The same holds with the axes swapped.
     """
     x0, rows_identity = _line_inverse_numpy(warp.ys_x, warp.xs_x, lines_y, lines_x)  # (H, W)
     y0t, cols_identity = _line_inverse_numpy(warp.ys_y, warp.xs_y, lines_x, lines_y)  # (W, H)
-    exact = torch.from_numpy(rows_identity[:, None] & cols_identity[None, :]).reshape(-1)
-    return x0[None], y0t.T.contiguous()[None], exact
+    x0n, y0n = x0.numpy(), y0t.numpy().T
+    exact = (rows_identity[:, None] & _identity_line_at(warp.ys_x, warp.xs_x, y0n)) | \
+        (cols_identity[None, :] & _identity_line_at(warp.ys_y, warp.xs_y, x0n))
+    return x0[None], torch.from_numpy(np.ascontiguousarray(y0n))[None], torch.from_numpy(exact).reshape(-1)
+
+
+def _identity_line_at(ys: Tensor, xs: Tensor, across: np.ndarray) -> np.ndarray:
+    """Whether the axis map's line at each ``across`` coordinate is the identity (both control rows around it are)."""
+    control = np.abs(ys[0].numpy() - xs[0].numpy()[None, :]).max(axis=1) <= IDENTITY_ATOL  # (R,)
+    rows = control.shape[0]
+    if rows == 1:
+        return np.broadcast_to(control[0], across.shape)
+    r = np.clip(np.floor(np.clip(across, 0.0, 1.0) * (rows - 1)), 0, rows - 2).astype(np.int64)
+    return control[r] & control[r + 1]
 
 
 def uniform_knots(xs: Tensor) -> bool:
@@ -162,23 +175,25 @@ def active_solve(warp, px: Tensor, py: Tensor, x: Tensor, y: Tensor, iters: int,
     converged = CONVERGED_EPS * torch.finfo(x.dtype).eps
     ux, uy = uniform_knots(warp.xs_x), uniform_knots(warp.xs_y)
     active = torch.arange(px.shape[1], device=px.device)
-    full = exact is None or not bool(exact.any())
-    if not full:
+    if exact is not None and bool(exact.any()):
         active = active[~exact]
+        ax, ay, tx, ty = x[:, active], y[:, active], px[:, active], py[:, active]
+    else:
+        ax, ay, tx, ty = x, y, px, py
+    # The active points' iterates and targets are carried compacted from step to step (no re-gathering).
     for step in range(steps + 1):
-        ax, ay, tx, ty = (x, y, px, py) if step == 0 and full else \
-            (x[:, active], y[:, active], px[:, active], py[:, active])
         lx, a, b = _axis_cell(warp.xs_x, warp.ys_x, ax, ay, ux)
         ly, d, c = _axis_cell(warp.xs_y, warp.ys_y, ay, ax, uy)
         rx, ry = tx - lx, ty - ly
         moving = (torch.maximum(rx.abs(), ry.abs()) > converged)[0]
-        active, ax, ay, rx, ry = active[moving], ax[:, moving], ay[:, moving], rx[:, moving], ry[:, moving]
+        active, ax, ay, tx, ty, rx, ry = (t[..., moving] for t in (active, ax, ay, tx, ty, rx, ry))
         if active.numel() == 0 or step == steps:  # the last pass only measures what is left
             break
         a, b, c, d = a[:, moving], b[:, moving], c[:, moving], d[:, moving]
         det = (a * d - b * c).clamp_min(EPS)
-        x[:, active] = (ax + ((d * rx - b * ry) / det).clamp_(-MAX_STEP, MAX_STEP)).clamp_(0.0, 1.0)
-        y[:, active] = (ay + ((a * ry - c * rx) / det).clamp_(-MAX_STEP, MAX_STEP)).clamp_(0.0, 1.0)
+        ax = (ax + ((d * rx - b * ry) / det).clamp_(-MAX_STEP, MAX_STEP)).clamp_(0.0, 1.0)
+        ay = (ay + ((a * ry - c * rx) / det).clamp_(-MAX_STEP, MAX_STEP)).clamp_(0.0, 1.0)
+        x[:, active], y[:, active] = ax, ay
     bad = active[(torch.maximum(rx.abs(), ry.abs()) > TOLERANCE)[0]]
     if bad.numel():
         fx, fy = alternating_inverse(warp, px[:, bad], py[:, bad], iters)
