@@ -115,14 +115,8 @@ class DEC(nn.Module):
         base = (settings or DECSettings()).to_dict()
         base.update({k: v for k, v in overrides.items() if v is not None})
         self.settings = DECSettings(**base)
-        s = self.settings
         self.in_channels = int(in_channels)
-        # The projection is a Linear on channel-last features; it commutes with warping.
-        self.proj = nn.Linear(self.in_channels, s.channels)
-        self.conv = nn.Conv2d(s.channels, s.hidden, 3, padding=1)
-        self.out = nn.Linear(s.hidden, 2)  # per pooled cell: (logit for l_X, logit for l_Y)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self._build_head()
         self.residual: Optional[Tensor] = None
         self.residual_rel: Optional[Tensor] = None
         self.logits: Optional[tuple[Tensor, Tensor]] = None
@@ -130,6 +124,16 @@ class DEC(nn.Module):
         self.residual_by_iter: Optional[Tensor] = None
         # Pinned logits replace the solver's output (diagnostics, tests, ablations).
         self.pinned: Optional[tuple[Tensor, Tensor]] = None
+
+    def _build_head(self) -> None:
+        """The learned parts: a 1x1 projection, a conv layer and a zero-initialized output (identity at init)."""
+        s = self.settings
+        # The projection is a Linear on channel-last features; it commutes with warping.
+        self.proj = nn.Linear(self.in_channels, s.channels)
+        self.conv = nn.Conv2d(s.channels, s.hidden, 3, padding=1)
+        self.out = nn.Linear(s.hidden, 2)  # per pooled cell: (logit for l_X, logit for l_Y)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     def extra_repr(self) -> str:
         s = self.settings

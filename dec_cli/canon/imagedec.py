@@ -13,7 +13,7 @@ The solver, phantom gradient and diagnostics are the latent DEC's (this class su
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,23 +43,13 @@ class ImageDEC(DEC):
     the two conv blocks; ``grid``, ``rows``, ``iters``, ``damping``, ``solver`` as for DEC.
     """
 
-    def __init__(self, in_channels: int, settings: Optional[DECSettings] = None, **overrides: Any):
-        nn.Module.__init__(self)
-        base = (settings or DECSettings()).to_dict()
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        self.settings = DECSettings(**base)
+    def _build_head(self) -> None:
+        """The CNN: two conv blocks, then a zero-initialized 1x1 conv to two channels (identity at init)."""
         s = self.settings
-        self.in_channels = int(in_channels)
         self.features = nn.Sequential(_block(self.in_channels, s.channels), _block(s.channels, s.hidden))
         self.out = nn.Conv2d(s.hidden, 2, 1)  # channel 0: logits of l_X, channel 1: of l_Y
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        self.residual: Optional[Tensor] = None
-        self.residual_rel: Optional[Tensor] = None
-        self.logits: Optional[tuple[Tensor, Tensor]] = None
-        self.capture = False
-        self.residual_by_iter: Optional[Tensor] = None
-        self.pinned: Optional[tuple[Tensor, Tensor]] = None
 
     def extra_repr(self) -> str:
         return "input=image, " + super().extra_repr()

@@ -29,7 +29,6 @@ from dec_cli.core.modelinfo import image_channels, info_of, set_info
 from dec_cli.canon.probe import probe_inputs
 
 
-
 # --------------------------------------------------------------------------- recipes
 
 
